@@ -1,0 +1,104 @@
+//! gRPC health and server reflection, wired the same way in every gRPC service.
+//!
+//! Health answers for the whole server ("") and for each named service, which is what `grpcurl`,
+//! Docker healthchecks and Kubernetes `grpc:` probes ask. Reflection (v1 and v1alpha, since
+//! grpcurl and older tools differ) serves the DockerCoins and health descriptors, so `grpcurl
+//! list`, `describe` and calls need no `.proto` file.
+
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// The services every gRPC server of the mesh serves beside its own.
+const PROBE_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Reports the serving status of one server's gRPC services.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// Sets every service, and the server as a whole, to `status`.
+    pub async fn set_all(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(service, status).await;
+        }
+    }
+
+    /// Reports NOT_SERVING for the server and its services, so that balancers and probes stop
+    /// sending new work while in-flight calls drain.
+    pub async fn set_not_serving(&self) {
+        self.set_all(ServingStatus::NotServing).await;
+    }
+}
+
+/// Builds the health and reflection services for a server that serves `services` (their full
+/// names, e.g. `dockercoins.rng.v1.RngService`), every one reported SERVING.
+///
+/// Returns the reporter and the gRPC routes, to which the caller adds its own service. These two
+/// stay outside any request queue: a probe must answer even when the queue is full.
+pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes) {
+    let (reporter, health_server) = tonic_health::server::health_reporter();
+    let health = Health {
+        reporter,
+        services: services.to_vec(),
+    };
+    health.set_all(ServingStatus::Serving).await;
+
+    // Advertise exactly what this server serves: the descriptor set holds every DockerCoins API,
+    // and rng listing the hasher's service would send grpcurl users to the wrong port.
+    let reflection = || {
+        let builder = tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(dockercoins::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        services
+            .iter()
+            .copied()
+            .chain(PROBE_SERVICES)
+            .fold(builder, |builder, name| builder.with_service_name(name))
+    };
+    let v1 = reflection()
+        .build_v1()
+        .expect("the compiled descriptor sets are valid");
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the compiled descriptor sets are valid");
+
+    let routes = Routes::new(health_server)
+        .add_service(v1)
+        .add_service(v1alpha);
+    (health, routes)
+}
+
+/// Answers requests that match no route: gRPC's UNIMPLEMENTED for gRPC clients, and a 404 with a
+/// one-line reason for everyone else (tonic's own fallback would answer HTTP 200 with an empty
+/// body, which tells a `curl` user nothing).
+pub async fn fallback(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    if is_grpc {
+        let status =
+            tonic::Status::unimplemented(format!("no such method: {}", request.uri().path()));
+        return status.into_http::<axum::body::Body>();
+    }
+    (
+        http::StatusCode::NOT_FOUND,
+        format!("no such path: {}\n", request.uri().path()),
+    )
+        .into_response()
+}

@@ -1,0 +1,15 @@
+//! What every DockerCoins service shares, so that rng, hasher, worker and webui stay small and
+//! behave alike: one listener for gRPC and HTTP, gRPC health and reflection, the request queue,
+//! configuration errors that name the variable, tracing set-up, and shutdown on SIGTERM/SIGINT.
+//!
+//! `mesh` knows no service: services depend on it, never the other way round.
+
+pub mod config;
+pub mod grpc;
+pub mod queue;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use serve::serve;
+pub use shutdown::Shutdown;
