@@ -102,3 +102,24 @@ pub async fn fallback(request: axum::extract::Request) -> axum::response::Respon
     )
         .into_response()
 }
+
+/// Serves a gRPC server's `app` until `shutdown`: on the signal, reports NOT_SERVING first, then
+/// drains (see [`crate::serve`]).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    health: Health,
+    shutdown: crate::Shutdown,
+) -> anyhow::Result<()> {
+    let reporter = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            health.set_not_serving().await;
+            tracing::info!("reported NOT_SERVING, draining");
+        })
+    };
+    crate::serve(listener, app, shutdown).await?;
+    reporter.abort();
+    Ok(())
+}

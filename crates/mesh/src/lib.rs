@@ -7,9 +7,24 @@
 pub mod config;
 pub mod grpc;
 pub mod queue;
+pub mod redis;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use serve::serve;
 pub use shutdown::Shutdown;
+
+/// This host's name, as the original banners showed it (the container id under Docker).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|name| name.trim().to_string())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

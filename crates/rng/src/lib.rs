@@ -76,7 +76,7 @@ impl Rng {
         Self {
             delay: config.delay,
             max_size: config.max_size,
-            banner: format!("RNG running on {}\n", hostname()),
+            banner: format!("RNG running on {}\n", mesh::hostname()),
         }
     }
 
@@ -180,32 +180,9 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let (health, app) = app(&config).await;
     tracing::info!(delay = ?config.delay, concurrency = config.concurrency, max_size = config.max_size, "rng starting");
-    let watcher = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            health.set_not_serving().await;
-        })
-    };
-    mesh::serve(listener, app, shutdown).await?;
-    watcher.abort();
-    Ok(())
-}
-
-/// The host's name, as the original banner showed it (the container id under Docker).
-pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|name| !name.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+    let (health, app) = app(&config).await;
+    mesh::grpc::serve_until(listener, app, health, shutdown).await
 }
 
 #[cfg(test)]

@@ -1,1 +1,107 @@
+//! worker: the miner. Asks rng for random bytes, hasher for their digest, and once a second adds
+//! the units of work done to the Redis key `hashes` (coins go to the hash `wallet`).
+//!
+//! With the defaults, one unit takes 0.1 s of pause, 0.1 s in rng and 0.1 s in hasher: one worker
+//! does about 3.33 units a second, as in the workshop. `WORKER_CONCURRENCY` runs several units at
+//! once in one process, like several worker containers would.
 
+pub mod flush;
+pub mod mine;
+pub mod tally;
+
+use std::time::Duration;
+
+use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
+use dockercoins::rng::v1::rng_service_client::RngServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tracing::info;
+
+use crate::flush::Flusher;
+use crate::mine::Backends;
+use crate::tally::Tally;
+
+/// worker's configuration: every field is a flag and an environment variable.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "worker",
+    version,
+    about = "DockerCoins worker: mines coins with rng and hasher, counts them in Redis"
+)]
+pub struct Config {
+    /// gRPC endpoint of rng.
+    #[arg(long, env = "RNG_ENDPOINT", default_value = "http://127.0.0.1:8001", value_parser = parse_endpoint)]
+    pub rng_endpoint: Endpoint,
+    /// gRPC endpoint of hasher.
+    #[arg(long, env = "HASHER_ENDPOINT", default_value = "http://127.0.0.1:8002", value_parser = parse_endpoint)]
+    pub hasher_endpoint: Endpoint,
+    /// Redis holding the `hashes` counter and the `wallet`.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = mesh::redis::parse_url)]
+    pub redis_url: String,
+    /// Pause between units of work ("0s" = none).
+    #[arg(long, env = "WORKER_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub delay: Duration,
+    /// Units of work in flight in this process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Deadline of each call to rng or hasher (rng's queue alone can hold ten workers ~1 s).
+    #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub rpc_timeout: Duration,
+}
+
+/// Accepts `http://host:port`, the form Docker and Kubernetes service names take.
+fn parse_endpoint(raw: &str) -> Result<Endpoint, String> {
+    let endpoint =
+        Endpoint::from_shared(raw.to_string()).map_err(|err| format!("not a URL ({err})"))?;
+    match endpoint.uri().scheme_str() {
+        Some("http") if endpoint.uri().host().is_some() => Ok(endpoint),
+        _ => Err("expected an http:// URL with a host, such as http://rng:8001".to_string()),
+    }
+}
+
+/// A lazily connected channel with the worker's deadlines: every call gives up after
+/// `rpc_timeout`, and HTTP/2 keepalives notice a frozen peer, so that nothing hangs.
+fn channel(endpoint: &Endpoint, rpc_timeout: Duration) -> Channel {
+    endpoint
+        .clone()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(rpc_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+/// Mines until `shutdown`, then flushes the count that is left, all within a second.
+pub async fn run(config: Config, shutdown: mesh::Shutdown) -> anyhow::Result<()> {
+    let worker_id = format!("{}-{:016x}", mesh::hostname(), rand::random::<u64>());
+    info!(
+        worker_id,
+        rng = %config.rng_endpoint.uri(),
+        hasher = %config.hasher_endpoint.uri(),
+        delay = ?config.delay,
+        concurrency = config.concurrency,
+        "worker starting"
+    );
+    let pool = mesh::redis::pool(&config.redis_url, 2)?;
+    let backends = Backends {
+        rng: RngServiceClient::new(channel(&config.rng_endpoint, config.rpc_timeout)),
+        hasher: HasherServiceClient::new(channel(&config.hasher_endpoint, config.rpc_timeout)),
+    };
+    let tally = std::sync::Arc::new(Tally::default());
+
+    let mut miners = tokio::task::JoinSet::new();
+    for _ in 0..config.concurrency {
+        let (backends, tally, shutdown) = (backends.clone(), tally.clone(), shutdown.clone());
+        miners.spawn(
+            async move { mine::mine_forever(backends, config.delay, &tally, shutdown).await },
+        );
+    }
+    let mut flusher = Flusher::new(pool, &worker_id);
+    flusher.run_until(&tally, &shutdown).await;
+    // Miners return as soon as shutdown starts; once they are gone the tally no longer moves, and
+    // the flusher has the rest of the second to land it.
+    while miners.join_next().await.is_some() {}
+    flusher.drain(&tally, mesh::shutdown::DRAIN_DEADLINE).await;
+    info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! One unit of work, and the loop that repeats it.
+//!
+//! A unit asks rng for 32 random bytes, asks hasher for their SHA-256 and, when the digest starts
+//! with `0`, has found a coin. The loop pauses `WORKER_DELAY` between units, as the original did,
+//! and when rng or hasher fails it logs, backs off (capped at one second) and tries again: a
+//! worker never hangs and never exits because a dependency is down.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use dockercoins::hasher::v1::HashRequest;
+use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
+use dockercoins::rng::v1::GenerateRequest;
+use dockercoins::rng::v1::rng_service_client::RngServiceClient;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::tally::{Coin, Tally};
+
+/// Bytes asked of rng per unit, as in the original.
+pub const RANDOM_BYTES: u32 = 32;
+
+/// Why a unit of work failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    #[error("rng failed: {0}")]
+    Rng(tonic::Status),
+    #[error("hasher failed: {0}")]
+    Hasher(tonic::Status),
+    #[error("rng returned {0} bytes instead of {RANDOM_BYTES}")]
+    ShortRead(usize),
+}
+
+/// The two services a worker calls.
+#[derive(Clone)]
+pub struct Backends {
+    pub rng: RngServiceClient<Channel>,
+    pub hasher: HasherServiceClient<Channel>,
+}
+
+impl Backends {
+    /// Does one unit of work; returns the coin it found, if any.
+    pub async fn mine(&mut self) -> Result<Option<Coin>, UnitError> {
+        let data = self
+            .rng
+            .generate(GenerateRequest { size: RANDOM_BYTES })
+            .await
+            .map_err(UnitError::Rng)?
+            .into_inner()
+            .data;
+        if data.len() != RANDOM_BYTES as usize {
+            return Err(UnitError::ShortRead(data.len()));
+        }
+        let digest = self
+            .hasher
+            .hash(HashRequest { data: data.clone() })
+            .await
+            .map_err(UnitError::Hasher)?
+            .into_inner()
+            .digest;
+        Ok(is_coin(&digest).then(|| Coin { digest, data }))
+    }
+}
+
+/// A digest that starts with `0` is a coin (one in sixteen).
+pub fn is_coin(digest: &str) -> bool {
+    digest.starts_with('0')
+}
+
+/// Longest pause between two tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The retry schedule after a failed unit: 50 ms doubling up to 1 s, with jitter so that many
+/// workers do not retry in step, and never giving up.
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        // Jitter adds to the delay; the cap is a promise.
+        .map(|pause| pause.min(MAX_BACKOFF))
+}
+
+/// Mines until `shutdown`: pause, one unit, count it; on failure, back off and go on.
+///
+/// A unit still in flight at shutdown is abandoned, not counted: only finished work is counted.
+pub async fn mine_forever(
+    mut backends: Backends,
+    delay: Duration,
+    tally: &Tally,
+    shutdown: mesh::Shutdown,
+) {
+    let mut retries = backoff();
+    loop {
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+        // `mine` holds no state across its awaits that matters once dropped: cancelling it is safe.
+        let result = tokio::select! {
+            result = backends.mine() => result,
+            () = shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(coin) => {
+                if let Some(coin) = &coin {
+                    info!(digest = %coin.digest, "coin found");
+                }
+                tally.record(coin);
+                retries = backoff();
+            }
+            Err(err) => {
+                let pause = retries.next().unwrap_or(MAX_BACKOFF);
+                warn!(%err, ?pause, "unit of work failed, retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coin_is_a_digest_starting_with_zero() {
+        assert!(is_coin("0a1b"));
+        assert!(!is_coin("a01b"));
+        assert!(!is_coin(""));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_at_one_second() {
+        let pauses: Vec<Duration> = backoff().take(20).collect();
+        assert_eq!(pauses.len(), 20, "never gives up");
+        assert!(pauses[0] <= Duration::from_millis(100), "{:?}", pauses[0]);
+        assert!(
+            pauses.iter().all(|pause| *pause <= MAX_BACKOFF),
+            "{pauses:?}"
+        );
+        assert!(pauses[19] >= Duration::from_millis(500), "{:?}", pauses[19]);
+    }
+}

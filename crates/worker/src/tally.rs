@@ -1,0 +1,128 @@
+//! The tally: units of work done and coins found since the last flush to Redis.
+//!
+//! Workers add to it after every unit; the flusher takes from it once a second. It lives in
+//! memory only, so that a Redis outage never stops or slows the mining: the work piles up here
+//! and lands when Redis is back.
+
+use std::sync::Mutex;
+
+/// Coins kept while Redis is unreachable. At the workshop's speed (a coin every few seconds) this
+/// is days of outage; in turbo mode, minutes. Past it, coins are still counted as units of work but
+/// their wallet entries are dropped (and logged), so that memory stays bounded.
+pub const MAX_PENDING_COINS: usize = 100_000;
+
+/// A coin: a digest that starts with `0`, and the random bytes it is the digest of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coin {
+    pub digest: String,
+    pub data: Vec<u8>,
+}
+
+/// What has been done and not yet taken by the flusher.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub units: u64,
+    pub coins: Vec<Coin>,
+    /// Coins dropped because [`MAX_PENDING_COINS`] were already waiting.
+    pub dropped_coins: u64,
+}
+
+impl Tally {
+    /// Counts one unit of work, and its coin if it found one.
+    pub fn record(&self, coin: Option<Coin>) {
+        let mut pending = self.pending.lock().expect("tally lock is never poisoned");
+        pending.units += 1;
+        if let Some(coin) = coin {
+            if pending.coins.len() < MAX_PENDING_COINS {
+                pending.coins.push(coin);
+            } else {
+                pending.dropped_coins += 1;
+            }
+        }
+    }
+
+    /// Takes all the units and up to `max_coins` coins; the other coins wait for the next take.
+    pub fn take(&self, max_coins: usize) -> Pending {
+        let mut pending = self.pending.lock().expect("tally lock is never poisoned");
+        let coins = if pending.coins.len() <= max_coins {
+            std::mem::take(&mut pending.coins)
+        } else {
+            pending.coins.drain(..max_coins).collect()
+        };
+        Pending {
+            units: std::mem::take(&mut pending.units),
+            coins,
+            dropped_coins: std::mem::take(&mut pending.dropped_coins),
+        }
+    }
+
+    /// Whether nothing waits to be taken.
+    pub fn is_empty(&self) -> bool {
+        let pending = self.pending.lock().expect("tally lock is never poisoned");
+        pending.units == 0 && pending.coins.is_empty()
+    }
+
+    /// Units counted and not yet taken.
+    pub fn units(&self) -> u64 {
+        self.pending
+            .lock()
+            .expect("tally lock is never poisoned")
+            .units
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coin(n: u8) -> Coin {
+        Coin {
+            digest: format!("0{n}"),
+            data: vec![n],
+        }
+    }
+
+    #[test]
+    fn take_returns_everything_recorded_once() {
+        let tally = Tally::default();
+        tally.record(None);
+        tally.record(Some(coin(1)));
+        tally.record(None);
+        let taken = tally.take(10);
+        assert_eq!(taken.units, 3);
+        assert_eq!(taken.coins, vec![coin(1)]);
+        assert_eq!(tally.take(10), Pending::default());
+    }
+
+    #[test]
+    fn coins_over_the_batch_size_wait_for_the_next_take() {
+        let tally = Tally::default();
+        for n in 0..5 {
+            tally.record(Some(coin(n)));
+        }
+        let first = tally.take(2);
+        assert_eq!((first.units, first.coins.len()), (5, 2));
+        let second = tally.take(10);
+        assert_eq!(
+            (second.units, second.coins),
+            (0, vec![coin(2), coin(3), coin(4)])
+        );
+    }
+
+    #[test]
+    fn coins_past_the_cap_are_dropped_but_still_counted_as_units() {
+        let tally = Tally::default();
+        for _ in 0..MAX_PENDING_COINS + 3 {
+            tally.record(Some(coin(0)));
+        }
+        let taken = tally.take(usize::MAX);
+        assert_eq!(taken.units, MAX_PENDING_COINS as u64 + 3);
+        assert_eq!(taken.coins.len(), MAX_PENDING_COINS);
+        assert_eq!(taken.dropped_coins, 3);
+    }
+}
