@@ -1,0 +1,172 @@
+//! The gRPC APIs of rng and hasher, driven with the real grpcurl through server reflection, as a
+//! workshop user would: no `.proto` file at hand.
+
+mod support;
+
+use base64::Engine;
+use support::{Service, backends, grpcurl, grpcurl_output, sha256_hex};
+
+const RNG: &str = "dockercoins.rng.v1.RngService";
+const HASHER: &str = "dockercoins.hasher.v1.HasherService";
+
+fn fast() -> Vec<(&'static str, String)> {
+    vec![("RNG_DELAY", "0s".into()), ("HASHER_DELAY", "0s".into())]
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
+}
+
+#[test]
+fn reflection_lists_and_describes_each_servers_own_services() {
+    let (rng, hasher) = backends(&fast());
+    for (service, own, other) in [(&rng, RNG, HASHER), (&hasher, HASHER, RNG)] {
+        let listed = grpcurl(service.addr, &["list"]);
+        let names: Vec<&str> = listed.lines().collect();
+        assert!(names.contains(&own), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+        assert!(
+            !names.contains(&other),
+            "{other} is served elsewhere: {names:?}"
+        );
+        let described = grpcurl(service.addr, &["describe", own]);
+        assert!(
+            described.contains(&format!("{own} is a service")),
+            "{described}"
+        );
+    }
+    let message = grpcurl(
+        rng.addr,
+        &["describe", "dockercoins.rng.v1.GenerateRequest"],
+    );
+    assert!(message.contains("uint32 size = 1;"), "{message}");
+    let message = grpcurl(
+        hasher.addr,
+        &["describe", "dockercoins.hasher.v1.HashResponse"],
+    );
+    assert!(message.contains("string digest = 1;"), "{message}");
+}
+
+#[test]
+fn health_is_serving_for_the_server_and_for_each_service() {
+    let (rng, hasher) = backends(&fast());
+    for (service, name) in [(&rng, RNG), (&hasher, HASHER)] {
+        for asked in ["", name] {
+            let body = format!(r#"{{"service":"{asked}"}}"#);
+            let answer = json(&grpcurl(
+                service.addr,
+                &["-d", &body, "grpc.health.v1.Health/Check"],
+            ));
+            assert_eq!(answer["status"], "SERVING", "{name} {asked:?}");
+        }
+    }
+}
+
+#[test]
+fn generate_returns_exactly_the_size_asked() {
+    let rng = Service::start("rng", &fast());
+    let mut seen = Vec::new();
+    for size in [32, 1, 1000] {
+        let body = format!(r#"{{"size":{size}}}"#);
+        let answer = json(&grpcurl(
+            rng.addr,
+            &["-d", &body, &format!("{RNG}/Generate")],
+        ));
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(answer["data"].as_str().expect("data is bytes"))
+            .expect("base64");
+        assert_eq!(data.len(), size);
+        seen.push(data);
+    }
+    // Proto3 leaves an empty `bytes` field out of the JSON.
+    let empty = json(&grpcurl(
+        rng.addr,
+        &["-d", r#"{"size":0}"#, &format!("{RNG}/Generate")],
+    ));
+    assert!(empty.get("data").is_none_or(|data| data == ""), "{empty}");
+    let again = json(&grpcurl(
+        rng.addr,
+        &["-d", r#"{"size":32}"#, &format!("{RNG}/Generate")],
+    ));
+    let again = base64::engine::general_purpose::STANDARD
+        .decode(again["data"].as_str().unwrap())
+        .unwrap();
+    assert_ne!(again, seen[0], "random bytes differ between calls");
+}
+
+#[test]
+fn hash_returns_the_sha256_of_known_inputs() {
+    let hasher = Service::start("hasher", &fast());
+    for input in [&b"abc"[..], b"", &[0u8; 32], b"DockerCoins"] {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(input);
+        let body = format!(r#"{{"data":"{encoded}"}}"#);
+        let answer = json(&grpcurl(
+            hasher.addr,
+            &["-d", &body, &format!("{HASHER}/Hash")],
+        ));
+        assert_eq!(answer["digest"], sha256_hex(input), "{input:?}");
+    }
+    let answer = json(&grpcurl(
+        hasher.addr,
+        &["-d", r#"{"data":"YWJj"}"#, &format!("{HASHER}/Hash")],
+    ));
+    assert_eq!(
+        answer["digest"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+/// Runs a call expected to fail and returns grpcurl's report (code and message).
+fn failing_call(service: &Service, body: &str, method: &str) -> String {
+    let output = grpcurl_output(service.addr, &["-d", body, method]);
+    assert!(!output.status.success(), "{method} with {body} must fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn oversized_requests_get_the_right_codes_and_the_services_keep_serving() {
+    let mut env = fast();
+    env.push(("RNG_MAX_SIZE", "1000".into()));
+    env.push(("HASHER_MAX_BODY", "100".into()));
+    let (rng, hasher) = backends(&env);
+
+    let report = failing_call(&rng, r#"{"size":1001}"#, &format!("{RNG}/Generate"));
+    assert!(report.contains("Code: InvalidArgument"), "{report}");
+    assert!(report.contains("cap of 1000 bytes"), "{report}");
+
+    let just_over = base64::engine::general_purpose::STANDARD.encode([7u8; 101]);
+    let report = failing_call(
+        &hasher,
+        &format!(r#"{{"data":"{just_over}"}}"#),
+        &format!("{HASHER}/Hash"),
+    );
+    assert!(report.contains("Code: ResourceExhausted"), "{report}");
+    assert!(report.contains("cap of 100 bytes"), "{report}");
+
+    // Far over the cap: refused by the decoding limit, before the message is decoded.
+    let far_over = base64::engine::general_purpose::STANDARD.encode([7u8; 5000]);
+    let report = failing_call(
+        &hasher,
+        &format!(r#"{{"data":"{far_over}"}}"#),
+        &format!("{HASHER}/Hash"),
+    );
+    assert!(report.contains("Code: OutOfRange"), "{report}");
+
+    let report = failing_call(&rng, "{}", "dockercoins.rng.v1.RngService/Nothing");
+    assert!(
+        report.contains("Unimplemented") || report.contains("does not include a method"),
+        "{report}"
+    );
+
+    // Both still serve.
+    let answer = json(&grpcurl(
+        rng.addr,
+        &["-d", r#"{"size":1000}"#, &format!("{RNG}/Generate")],
+    ));
+    assert!(answer["data"].is_string());
+    let answer = json(&grpcurl(
+        hasher.addr,
+        &["-d", r#"{"data":"YWJj"}"#, &format!("{HASHER}/Hash")],
+    ));
+    assert_eq!(answer["digest"], sha256_hex(b"abc"));
+}

@@ -1,0 +1,250 @@
+//! The whole pipeline against a real redis-server: worker → rng → hasher → Redis → webui, with the
+//! workshop's numbers, Redis outages, frozen or missing backends, and shutdown on SIGTERM.
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use support::{
+    Process, Redis, Service, backends, eventually, free_port, http, logged_units, sha256_hex,
+    worker,
+};
+
+/// Delays small enough for quick tests, large enough that the worker is not flat out.
+fn quick() -> Vec<(&'static str, String)> {
+    vec![
+        ("RNG_DELAY", "5ms".into()),
+        ("HASHER_DELAY", "5ms".into()),
+        ("WORKER_DELAY", "5ms".into()),
+    ]
+}
+
+#[test]
+fn mines_coins_into_redis_and_the_webui_reports_them() {
+    let redis = Redis::start();
+    let (rng, hasher) = backends(&quick());
+    let _worker = worker(&rng, &hasher, &redis, &quick());
+    let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
+
+    let mut connection = redis.connection();
+    let coins: u64 = eventually(Duration::from_secs(30), "a coin in the wallet", || {
+        let coins: u64 = redis::cmd("HLEN")
+            .arg("wallet")
+            .query(&mut connection)
+            .ok()?;
+        (coins >= 2).then_some(coins)
+    });
+    assert!(redis.hashes() > 0);
+    assert!(redis.hashes() >= coins, "every coin is a unit of work");
+
+    let wallet: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg("wallet")
+        .query(&mut connection)
+        .unwrap();
+    for (digest, data) in &wallet {
+        assert_eq!(
+            data.len(),
+            32,
+            "a coin keeps the 32 random bytes it came from"
+        );
+        assert_eq!(
+            digest,
+            &sha256_hex(data),
+            "the field is the SHA-256 of the value"
+        );
+        assert!(digest.starts_with('0'), "{digest}");
+    }
+
+    let json: serde_json::Value = http()
+        .get(format!("{}/json", webui.url()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(json["coins"].as_u64().unwrap() >= coins, "{json}");
+    assert!(json["hashes"].as_u64().unwrap() > 0, "{json}");
+    assert!((json["now"].as_f64().unwrap() - now).abs() < 5.0, "{json}");
+}
+
+/// Waits for `hashes` to change and returns when (the worker flushes once a second).
+fn next_flush(redis: &Redis, after: u64) -> (Instant, u64) {
+    let mut connection = redis.connection();
+    eventually(Duration::from_secs(10), "the next flush", || {
+        let hashes: Option<u64> = redis::cmd("GET")
+            .arg("hashes")
+            .query(&mut connection)
+            .ok()?;
+        let hashes = hashes.unwrap_or(0);
+        (hashes > after).then(|| (Instant::now(), hashes))
+    })
+}
+
+#[test]
+fn one_worker_with_the_defaults_makes_3_33_hashes_per_second() {
+    let redis = Redis::start();
+    let (rng, hasher) = backends(&[]);
+    let _worker = worker(&rng, &hasher, &redis, &[]);
+
+    // Measure between two flushes at least 10 s apart, so that the one-second batching cancels.
+    let (_, warm) = next_flush(&redis, 0);
+    let (start, first) = next_flush(&redis, warm);
+    let mut last = next_flush(&redis, first);
+    while last.0 - start < Duration::from_secs(10) {
+        last = next_flush(&redis, last.1);
+    }
+    let rate = (last.1 - first) as f64 / (last.0 - start).as_secs_f64();
+    eprintln!(
+        "one worker, default delays: {rate:.3} hashes/s over {:?}",
+        last.0 - start
+    );
+    assert!(
+        (rate - 10.0 / 3.0).abs() <= 10.0 / 3.0 * 0.10,
+        "{rate:.3} hashes/s is not 3.33 ± 10%"
+    );
+}
+
+#[test]
+fn no_unit_is_lost_or_doubled_when_redis_is_killed_and_restarted() {
+    let mut redis = Redis::start();
+    let (rng, hasher) = backends(&quick());
+    let mut worker = worker(&rng, &hasher, &redis, &quick());
+
+    let before = next_flush(&redis, 0).1;
+    redis.kill();
+    worker.wait_for_log("cannot update Redis", Duration::from_secs(10));
+    let units_at_outage = logged_units(&worker);
+    // The worker goes on mining while Redis is away.
+    eventually(
+        Duration::from_secs(10),
+        "units counted during the outage",
+        || (logged_units(&worker) > units_at_outage).then_some(()),
+    );
+    redis.restart();
+    next_flush(&redis, before.max(units_at_outage));
+    let (took, status) = worker.terminate();
+    assert!(status.success(), "worker exit status {status}");
+    assert!(
+        took < Duration::from_secs(1),
+        "worker took {took:?} to exit"
+    );
+
+    let logged = logged_units(&worker);
+    assert!(logged > 0);
+    assert_eq!(
+        redis.hashes(),
+        logged,
+        "hashes in Redis = units the worker logged as done"
+    );
+}
+
+#[test]
+fn the_worker_survives_a_missing_and_a_frozen_backend() {
+    let redis = Redis::start();
+    let rng_port = free_port();
+    let hasher = Service::start("hasher", &quick());
+    let mut env = quick();
+    env.extend([
+        ("RNG_ENDPOINT", format!("http://127.0.0.1:{rng_port}")),
+        ("HASHER_ENDPOINT", hasher.url()),
+        ("REDIS_URL", redis.url()),
+        ("WORKER_RPC_TIMEOUT", "300ms".into()),
+    ]);
+    let mut worker = Process::spawn("worker", &support::workspace_binary("worker"), &[], &env);
+
+    // rng is not there: the worker logs, retries, and does not exit.
+    worker.wait_for_log("unit of work failed", Duration::from_secs(10));
+    assert!(worker.is_running());
+    let mut rng_env = quick();
+    rng_env.push(("RNG_LISTEN", format!("127.0.0.1:{rng_port}")));
+    let rng = Process::spawn("rng", &support::workspace_binary("rng"), &[], &rng_env);
+    rng.wait_for_log("listening", Duration::from_secs(10));
+    let resumed = next_flush(&redis, 0).1;
+
+    // hasher frozen: calls hit their deadline, the worker waits it out and resumes.
+    hasher.process.signal(Signal::SIGSTOP);
+    let failures = worker
+        .log()
+        .iter()
+        .filter(|line| line.contains("unit of work failed"))
+        .count();
+    eventually(
+        Duration::from_secs(10),
+        "a deadline error while hasher is frozen",
+        || {
+            let now = worker
+                .log()
+                .iter()
+                .filter(|line| line.contains("unit of work failed"))
+                .count();
+            (now > failures).then_some(())
+        },
+    );
+    assert!(worker.is_running());
+    hasher.process.signal(Signal::SIGCONT);
+    let frozen_at = redis.hashes();
+    next_flush(&redis, frozen_at.max(resumed));
+    let (took, _) = worker.terminate();
+    assert!(
+        took < Duration::from_secs(1),
+        "worker took {took:?} to exit"
+    );
+}
+
+#[test]
+fn every_service_exits_within_a_second_of_sigterm() {
+    let redis = Redis::start();
+    // Default delays: rng and hasher are mid-request when the signal comes.
+    let (mut rng, mut hasher) = backends(&[]);
+    let mut worker = worker(&rng, &hasher, &redis, &[("WORKER_CONCURRENCY", "4".into())]);
+    let mut webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
+    next_flush(&redis, 0);
+
+    let (took, status) = worker.terminate();
+    assert!(took < Duration::from_secs(1), "worker took {took:?}");
+    assert!(status.success(), "worker: {status}");
+    assert_eq!(
+        redis.hashes(),
+        logged_units(&worker),
+        "the last count was flushed"
+    );
+    for service in [&mut rng, &mut hasher, &mut webui] {
+        let (took, status) = service.process.terminate();
+        assert!(
+            took < Duration::from_secs(1),
+            "{} took {took:?}",
+            service.process.name
+        );
+        assert!(status.success(), "{}: {status}", service.process.name);
+    }
+}
+
+#[test]
+fn webui_serves_without_redis_and_answers_503_quickly() {
+    let port = free_port();
+    let webui = Service::start(
+        "webui",
+        &[("REDIS_URL", format!("redis://127.0.0.1:{port}"))],
+    );
+    let client = http();
+    let page = client.get(webui.url()).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("id=\"speed\""));
+    let started = Instant::now();
+    let response = client.get(format!("{}/json", webui.url())).send().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().unwrap();
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+}

@@ -1,0 +1,387 @@
+//! What the end-to-end tests share: real processes started on ephemeral loopback ports, a real
+//! redis-server, the real tools (grpcurl, httping, Chromium), and polling with a deadline.
+//!
+//! Services bind `127.0.0.1:0` and log `listening addr=…`; the harness reads that line, so tests
+//! never guess a port and never sleep to wait for readiness. A missing tool fails the test with
+//! the command that installs it: a test never passes because a tool is absent.
+
+#![allow(dead_code)] // Each test file uses part of the harness.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a service may take to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `probe` every 20 ms until it returns `Some`, or panics after `deadline` naming `what`.
+pub fn eventually<T>(deadline: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The path of a binary of this workspace, built beside the test executable.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` (cargo test and scripts/test build it)",
+        path.display()
+    );
+    path
+}
+
+/// The path of an external tool, or a panic that says how to install it.
+pub fn tool(name: &str) -> PathBuf {
+    if name == "grpcurl" {
+        if let Ok(path) = std::env::var("GRPCURL") {
+            return PathBuf::from(path);
+        }
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl");
+        if venv.exists() {
+            return venv;
+        }
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| panic!("{name} is not installed: run scripts/install-prereqs"))
+}
+
+/// A running process whose log lines are kept (and echoed, prefixed, for failed tests).
+pub struct Process {
+    pub name: String,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    exited: Option<std::process::ExitStatus>,
+}
+
+impl Process {
+    /// Starts `program` with `env` (and a quiet, plain log format).
+    pub fn spawn(name: &str, program: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", program.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (log, name) = (log.clone(), name.to_string());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[{name}] {line}");
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self {
+            name: name.to_string(),
+            child,
+            log,
+            exited: None,
+        }
+    }
+
+    /// The log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`, and returns it.
+    pub fn wait_for_log(&self, needle: &str, deadline: Duration) -> String {
+        eventually(
+            deadline,
+            &format!("{} to log {needle:?}", self.name),
+            || {
+                self.log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|line| line.contains(needle))
+                    .cloned()
+            },
+        )
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the process");
+    }
+
+    /// Sends SIGTERM and returns how long the process took to exit, and its status.
+    pub fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
+        let started = Instant::now();
+        self.signal(Signal::SIGTERM);
+        let status = eventually(
+            Duration::from_secs(10),
+            &format!("{} to exit", self.name),
+            || self.child.try_wait().expect("wait for the process"),
+        );
+        self.exited = Some(status);
+        (started.elapsed(), status)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("wait for the process")
+            .is_none()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One of the four DockerCoins binaries, listening on an ephemeral loopback port.
+pub struct Service {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Service {
+    /// Starts `rng`, `hasher` or `webui` on 127.0.0.1:0 with `env`, and waits until it listens.
+    pub fn start(name: &str, env: &[(&str, String)]) -> Self {
+        let listen_var = format!("{}_LISTEN", name.to_uppercase());
+        let mut env = env.to_vec();
+        env.push((leak(listen_var), "127.0.0.1:0".to_string()));
+        let process = Process::spawn(name, &workspace_binary(name), &[], &env);
+        let line = process.wait_for_log("listening addr=", START_DEADLINE);
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Self { process, addr }
+    }
+
+    /// `http://127.0.0.1:port`, as the worker and HTTP clients want it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// A real redis-server on a free loopback port, with its data in a temporary directory. The
+/// append-only file is synced on every write, so a killed and restarted Redis keeps every write
+/// it acknowledged (what a worker's exactly-once flushes rely on).
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for Redis");
+        let mut redis = Self {
+            port: free_port(),
+            dir,
+            process: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts (again) on the same port with the same data.
+    pub fn restart(&mut self) {
+        let args = [
+            "--bind".to_string(),
+            "127.0.0.1".to_string(),
+            "--port".to_string(),
+            self.port.to_string(),
+            "--dir".to_string(),
+            self.dir.path().display().to_string(),
+            "--save".to_string(),
+            String::new(),
+            "--appendonly".to_string(),
+            "yes".to_string(),
+            "--appendfsync".to_string(),
+            "always".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = Process::spawn("redis", &tool("redis-server"), &args, &[]);
+        process.wait_for_log("Ready to accept connections", START_DEADLINE);
+        self.process = Some(process);
+    }
+
+    /// Kills Redis with SIGKILL: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.signal(Signal::SIGKILL);
+            drop(process);
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("Redis URL");
+        eventually(Duration::from_secs(5), "a Redis connection", || {
+            client.get_connection().ok()
+        })
+    }
+
+    /// `GET hashes` as a number, 0 when missing.
+    pub fn hashes(&self) -> u64 {
+        let value: Option<u64> = redis::cmd("GET")
+            .arg("hashes")
+            .query(&mut self.connection())
+            .expect("GET hashes");
+        value.unwrap_or(0)
+    }
+}
+
+/// A port that was free a moment ago (for redis-server, which cannot report an ephemeral port).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// rng and hasher with the given extra settings, e.g. `("RNG_DELAY", "0s")`.
+pub fn backends(env: &[(&str, String)]) -> (Service, Service) {
+    (Service::start("rng", env), Service::start("hasher", env))
+}
+
+/// A worker pointed at `rng`, `hasher` and `redis`, with extra settings.
+pub fn worker(rng: &Service, hasher: &Service, redis: &Redis, env: &[(&str, String)]) -> Process {
+    let mut all = vec![
+        ("RNG_ENDPOINT", rng.url()),
+        ("HASHER_ENDPOINT", hasher.url()),
+        ("REDIS_URL", redis.url()),
+    ];
+    all.extend_from_slice(env);
+    let process = Process::spawn("worker", &workspace_binary("worker"), &[], &all);
+    process.wait_for_log("worker starting", START_DEADLINE);
+    process
+}
+
+/// Runs a command to completion; panics if it cannot start.
+pub fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", program.display()))
+}
+
+/// `grpcurl -plaintext <addr> <args…>`, returning stdout, or panicking with stderr.
+pub fn grpcurl(addr: SocketAddr, args: &[&str]) -> String {
+    let output = grpcurl_output(addr, args);
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("grpcurl prints UTF-8")
+}
+
+/// `grpcurl -plaintext` with a data argument or not, returning the whole output.
+pub fn grpcurl_output(addr: SocketAddr, args: &[&str]) -> Output {
+    let addr = addr.to_string();
+    let mut all = vec!["-plaintext", "-max-time", "10"];
+    let (flags, rest): (Vec<&str>, Vec<&str>) = split_flags(args);
+    all.extend(flags);
+    all.push(&addr);
+    all.extend(rest);
+    run(&tool("grpcurl"), &all)
+}
+
+/// grpcurl wants its flags before the address: `-d '{…}'` pairs and `-flag`s go first.
+fn split_flags<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let (mut flags, mut rest) = (Vec::new(), Vec::new());
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if *arg == "-d" {
+            flags.push(*arg);
+            flags.extend(iter.next());
+        } else if arg.starts_with('-') {
+            flags.push(*arg);
+        } else {
+            rest.push(*arg);
+        }
+    }
+    (flags, rest)
+}
+
+/// A blocking HTTP client with a deadline, for the shims and the webui.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client")
+}
+
+/// The SHA-256 of `data` as lowercase hex, computed here independently of the hasher.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The units of work a worker logged ("N units of work done, updating hash counter"), summed.
+pub fn logged_units(worker: &Process) -> u64 {
+    worker
+        .log()
+        .iter()
+        .filter_map(|line| {
+            let (before, _) = line.split_once(" units of work done")?;
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
