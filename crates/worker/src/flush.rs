@@ -144,7 +144,7 @@ impl Flusher {
                 true
             }
             Ok(Err(err)) => {
-                warn!(units = batch.units, %err, "cannot update Redis, keeping the count for the next try");
+                warn!(units = batch.units, waiting = tally.units(), %err, "cannot update Redis, keeping the count for the next try");
                 false
             }
             Err(_) => {
