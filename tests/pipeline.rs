@@ -118,7 +118,11 @@ fn no_unit_is_lost_or_doubled_when_redis_is_killed_and_restarted() {
     redis.kill();
     // Three failed flushes: three seconds of work done while Redis is away.
     eventually(Duration::from_secs(10), "three failed flushes", || {
-        let failed = worker.log().iter().filter(|line| line.contains("cannot update Redis")).count();
+        let failed = worker
+            .log()
+            .iter()
+            .filter(|line| line.contains("cannot update Redis"))
+            .count();
         (failed >= 3).then_some(())
     });
     redis.restart();

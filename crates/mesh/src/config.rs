@@ -98,6 +98,24 @@ fn describe_arg(command: &clap::Command, rendered_arg: &str) -> String {
     }
 }
 
+/// For the binaries' own tests: runs `binary` with `variable=value` and asserts that it exits with
+/// status 2 and one line on stderr that names the variable.
+#[doc(hidden)]
+pub fn assert_rejected(binary: &str, variable: &str, value: &str) {
+    let output = std::process::Command::new(binary)
+        .env(variable, value)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {binary}: {err}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{variable}={value}: {stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(variable), "{stderr} should name {variable}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,22 +174,4 @@ mod tests {
         let result = try_parse_from::<Demo, _, _>(["demo", "--help"]);
         assert!(matches!(result, Err(Exit::Clap(_))));
     }
-}
-
-/// For the binaries' own tests: runs `binary` with `variable=value` and asserts that it exits with
-/// status 2 and one line on stderr that names the variable.
-#[doc(hidden)]
-pub fn assert_rejected(binary: &str, variable: &str, value: &str) {
-    let output = std::process::Command::new(binary)
-        .env(variable, value)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {binary}: {err}"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{variable}={value}: {stderr}"
-    );
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains(variable), "{stderr} should name {variable}");
 }

@@ -58,7 +58,7 @@ impl Backends {
             .map_err(UnitError::Hasher)?
             .into_inner()
             .digest;
-        Ok(is_coin(&digest).then(|| Coin { digest, data }))
+        Ok(is_coin(&digest).then_some(Coin { digest, data }))
     }
 }
 
