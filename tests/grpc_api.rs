@@ -170,3 +170,45 @@ fn oversized_requests_get_the_right_codes_and_the_services_keep_serving() {
     ));
     assert_eq!(answer["digest"], sha256_hex(b"abc"));
 }
+
+#[test]
+fn sigterm_reports_not_serving_then_finishes_the_call_in_flight() {
+    let mut rng = Service::start("rng", &[("RNG_DELAY", "400ms".to_string())]);
+    let addr = rng.addr.to_string();
+    let grpcurl = support::tool("grpcurl");
+    let watch = support::Process::spawn(
+        "watch",
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            "{}",
+            &addr,
+            "grpc.health.v1.Health/Watch",
+        ],
+        &[],
+    );
+    watch.wait_for_log("\"SERVING\"", std::time::Duration::from_secs(10));
+    let call = support::Process::spawn(
+        "generate",
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"size":32}"#,
+            &addr,
+            &format!("{RNG}/Generate"),
+        ],
+        &[],
+    );
+    // The call is in rng's hands once the queue holds it; 400 ms of delay leave time to signal.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let (took, status) = rng.process.terminate();
+    assert!(status.success(), "rng exit status {status}");
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "rng took {took:?} to exit"
+    );
+    watch.wait_for_log("NOT_SERVING", std::time::Duration::from_secs(5));
+    call.wait_for_log("\"data\"", std::time::Duration::from_secs(5));
+}
