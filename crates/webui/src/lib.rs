@@ -1,1 +1,332 @@
+//! webui: shows how fast DockerCoins mines, from the counters the worker keeps in Redis.
+//!
+//! What workshop attendees look at: a dashboard (`GET /`) with a live chart of the hashing speed
+//! and the hashes and coins counters. The page polls `GET /json` every second, which keeps the
+//! original's shape (`coins`, `hashes`, `now`) and adds the speed (`rate`), worked out here from
+//! readings taken four times a second (see [`rate`]) rather than in the browser from two polls.
+//! The webui starts and serves its page without Redis; `/json` then answers 503 within a second,
+//! and works again as soon as Redis is back.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::routing::get;
+use axum::{Json, Router};
+use deadpool_redis::Pool;
+use mesh::Shutdown;
+use tower::ServiceBuilder;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+mod assets;
+mod counters;
+pub mod rate;
+mod sampler;
+
+use counters::ReadError;
+use rate::HashRate;
+
+/// webui's configuration: every field is a flag and an environment variable.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "webui",
+    version,
+    about = "DockerCoins dashboard: the hashing speed, from Redis"
+)]
+pub struct Config {
+    /// Address the HTTP listener binds.
+    #[arg(long, env = "WEBUI_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+    /// Redis holding the `hashes` counter and the `wallet`.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = mesh::redis::parse_url)]
+    pub redis_url: String,
+}
+
+/// Connections to Redis: one for the sampler, the rest for `/json`, which holds one for a
+/// millisecond per poll, so a few serve a room full of browsers.
+const POOL_SIZE: usize = 4;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pool: Pool,
+    rate: Arc<Mutex<HashRate>>,
+}
+
+impl AppState {
+    /// Connects lazily: this never fails because Redis is down, only on a malformed URL.
+    pub fn new(config: &Config) -> Result<Self, deadpool_redis::CreatePoolError> {
+        Ok(Self {
+            pool: mesh::redis::pool(&config.redis_url, POOL_SIZE)?,
+            rate: Arc::default(),
+        })
+    }
+}
+
+/// The body of `GET /json`.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    /// Coins found: `HLEN wallet`.
+    coins: u64,
+    /// Units of work done: `GET hashes`, 0 before the first.
+    hashes: u64,
+    /// When this was read, in seconds since the Unix epoch.
+    now: f64,
+    /// Hashes per second over the last 10 seconds (see [`rate`]).
+    rate: f64,
+}
+
+async fn json(State(state): State<AppState>) -> Result<Json<Report>, ReadError> {
+    let counters = counters::read(&state.pool).await?;
+    let rate = state
+        .rate
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .per_second(Instant::now());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    Ok(Json(Report {
+        coins: counters.coins,
+        hashes: counters.hashes,
+        now,
+        // The estimate is good to a few percent: more digits would only be noise.
+        rate: (rate * 1000.0).round() / 1000.0,
+    }))
+}
+
+/// Liveness only: the webui is up even when Redis is not, and restarting it would not help.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found(uri: Uri) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no such path: {}\n", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> (StatusCode, String) {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed: {method} {} (use GET)\n", uri.path()),
+    )
+}
+
+/// The dashboard, `/json` and `/healthz`, on one router.
+pub fn app(state: AppState) -> Router {
+    let layers = ServiceBuilder::new()
+        // Outermost, so that it sees every answer, fallbacks included. At debug level: one line
+        // per request would drown the log at info, and a 503 while Redis is down is expected, not
+        // an error (the sampler logs the outage once).
+        .layer(
+            TraceLayer::new_for_http()
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        // Everything here changes with every second or every build: caches must ask again.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        ));
+    Router::new()
+        .merge(assets::routes())
+        .route("/json", get(json))
+        .route("/healthz", get(healthz))
+        // After the routes: it applies to those already added.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(layers)
+}
+
+/// Serves the webui on `listener` and samples Redis in the background, until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let state = AppState::new(&config)?;
+    tracing::info!(redis = %redis_address(&config.redis_url), "webui starting");
+    // Its own token, so that the sampler also stops if serving ends with an error.
+    let sampling = shutdown.child_token();
+    let sampler = tokio::spawn(sampler::run(
+        state.pool.clone(),
+        state.rate.clone(),
+        sampling.clone(),
+    ));
+    let served = mesh::serve(listener, app(state), shutdown).await;
+    sampling.cancel();
+    sampler.await?;
+    Ok(served?)
+}
+
+/// `host:port` of a Redis URL, for the log: the URL itself may hold a password.
+fn redis_address(url: &str) -> String {
+    use deadpool_redis::redis::IntoConnectionInfo;
+    url.into_connection_info()
+        .map(|info| info.addr().to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A webui whose Redis is a closed port.
+    fn without_redis() -> Router {
+        let config: Config =
+            mesh::config::try_parse_from(["webui", "--redis-url", "redis://127.0.0.1:1"]).unwrap();
+        app(AppState::new(&config).unwrap())
+    }
+
+    async fn call(method: Method, path: &str) -> (StatusCode, Option<String>, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let response = without_redis().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap().to_string());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn serves_the_dashboard_at_root_and_index_html_without_redis() {
+        for path in ["/", "/index.html"] {
+            let (status, content_type, body) = call(Method::GET, path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
+            for id in ["speed", "hashes", "coins"] {
+                assert!(
+                    body.contains(&format!("id=\"{id}\"")),
+                    "{path} has no #{id}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_every_file_the_page_links_to() {
+        let (_, _, page) = call(Method::GET, "/").await;
+        for (path, kind) in [
+            ("assets/dashboard.css", "text/css"),
+            ("assets/dashboard.js", "text/javascript"),
+            ("assets/favicon.svg", "image/svg+xml"),
+        ] {
+            assert!(
+                page.contains(&format!("\"{path}\"")),
+                "the page links {path}"
+            );
+            let (status, content_type, body) = call(Method::GET, &format!("/{path}")).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(content_type.unwrap().starts_with(kind), "{path}");
+            assert!(!body.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_page_fetches_nothing_from_elsewhere() {
+        for path in ["/", "/assets/dashboard.css", "/assets/dashboard.js"] {
+            let (_, _, body) = call(Method::GET, path).await;
+            for remote in [
+                "src=\"http",
+                "href=\"http",
+                "=\"//",
+                "url(",
+                "@import",
+                "fetch(\"http",
+            ] {
+                assert!(!body.contains(remote), "{path} refers to {remote}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_ok_without_redis() {
+        let (status, _, body) = call(Method::GET, "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "ok");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_with_a_one_line_reason() {
+        let (status, _, body) = call(Method::GET, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, "no such path: /nope\n");
+    }
+
+    #[tokio::test]
+    async fn wrong_methods_are_405_with_a_one_line_reason() {
+        for path in ["/json", "/", "/healthz"] {
+            let (status, _, body) = call(Method::POST, path).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(body, format!("method not allowed: POST {path} (use GET)\n"));
+        }
+    }
+
+    #[tokio::test]
+    async fn json_answers_503_within_a_second_without_redis() {
+        let started = Instant::now();
+        let (status, content_type, body) = call(Method::GET, "/json").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(!error.is_empty() && !error.contains('\n'), "{error:?}");
+    }
+
+    #[test]
+    fn the_log_shows_where_redis_is_but_not_its_password() {
+        assert_eq!(redis_address("redis://:secret@redis:6380/2"), "redis:6380");
+    }
+
+    #[tokio::test]
+    async fn run_returns_promptly_on_shutdown() {
+        let config: Config = mesh::config::try_parse_from([
+            "webui",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ])
+        .unwrap();
+        let listener = mesh::serve::bind(config.listen).await.unwrap();
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(run(config, listener, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_millis(500), running)
+            .await
+            .expect("run returns within 500 ms of shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,157 @@
+//! Reading the DockerCoins counters from Redis, within a deadline, and saying why it failed.
+//!
+//! The worker owns the keys: it adds its work to the string `hashes` and its coins to the hash
+//! `wallet`, both in one script. The webui only reads them. Every read gives up after
+//! [`READ_DEADLINE`], so that a Redis that is down or frozen turns into a 503 the page can show
+//! within a second, not a request that hangs.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use deadpool_redis::Pool;
+use deadpool_redis::redis::{self, RedisError};
+
+/// Deadline of one read, connecting included. `/json` must answer within a second; this leaves
+/// room for the rest of the request. The pool's own deadlines (500 ms to wait for, open or check a
+/// connection) fit inside it.
+pub const READ_DEADLINE: Duration = Duration::from_millis(700);
+
+/// The counters as `/json` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Units of work done: `GET hashes`, 0 before the first flush.
+    pub hashes: u64,
+    /// Coins found: `HLEN wallet`.
+    pub coins: u64,
+}
+
+/// One reading of `hashes`, timed for the speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedHashes {
+    pub hashes: u64,
+    /// Halfway through the round trip: the best guess at when Redis read the value.
+    pub at: Instant,
+    /// How long `GET` took, so that the caller can tell how far `at` may be off.
+    pub round_trip: Duration,
+}
+
+/// Why the counters could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot reach Redis: {0}")]
+    Connect(#[from] deadpool_redis::PoolError),
+    #[error("Redis failed the read: {0}")]
+    Redis(#[from] RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Deadline(Duration),
+}
+
+impl ReadError {
+    /// The reason on one line, as the page and a log line show it (Redis's errors can span
+    /// several).
+    pub fn reason(&self) -> String {
+        self.to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `503 {"error": "<reason>"}`: the webui is fine, what it reads from is not. Every read failure
+/// is one the page waits out (Redis down, frozen, restarting), so they all answer the same way.
+impl IntoResponse for ReadError {
+    fn into_response(self) -> Response {
+        let reason = self.reason();
+        let body = Json(ErrorBody { error: &reason });
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        // The page polls every second anyway; this tells other clients when trying again is worth it.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+/// Reads `hashes` and the number of coins.
+pub async fn read(pool: &Pool) -> Result<Counters, ReadError> {
+    within_deadline(async {
+        let mut connection = pool.get().await?;
+        // MULTI/EXEC: the worker changes both keys in one script, so reading them in one
+        // transaction never shows a coin whose unit of work is not in `hashes` yet.
+        let (hashes, coins): (Option<u64>, u64) = redis::pipe()
+            .atomic()
+            .get("hashes")
+            .hlen("wallet")
+            .query_async(&mut connection)
+            .await?;
+        Ok(Counters {
+            hashes: hashes.unwrap_or(0),
+            coins,
+        })
+    })
+    .await
+}
+
+/// Reads `hashes` alone, with the time Redis answered.
+pub async fn read_hashes(pool: &Pool) -> Result<TimedHashes, ReadError> {
+    within_deadline(async {
+        // Connecting is not timed: only the GET says when the value was read.
+        let mut connection = pool.get().await?;
+        let sent = Instant::now();
+        let hashes: Option<u64> = redis::cmd("GET")
+            .arg("hashes")
+            .query_async(&mut connection)
+            .await?;
+        let round_trip = sent.elapsed();
+        Ok(TimedHashes {
+            hashes: hashes.unwrap_or(0),
+            at: sent + round_trip / 2,
+            round_trip,
+        })
+    })
+    .await
+}
+
+/// Runs `read`, giving up after [`READ_DEADLINE`]. Dropping a read midway is harmless: it
+/// writes nothing, and the pool checks the connection before lending it again.
+async fn within_deadline<T>(
+    read: impl Future<Output = Result<T, ReadError>>,
+) -> Result<T, ReadError> {
+    tokio::time::timeout(READ_DEADLINE, read)
+        .await
+        .unwrap_or(Err(ReadError::Deadline(READ_DEADLINE)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_one_line() {
+        let err = ReadError::Redis(RedisError::from((
+            redis::ErrorKind::Io,
+            "broken pipe",
+            "first line\nsecond line".to_string(),
+        )));
+        let reason = err.reason();
+        assert!(!reason.contains('\n'), "{reason}");
+        assert!(reason.contains("first line second line"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_fast_naming_redis() {
+        let pool = mesh::redis::pool("redis://127.0.0.1:1", 1).unwrap();
+        let started = Instant::now();
+        let err = read(&pool).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(err.reason().contains("Redis"), "{}", err.reason());
+        assert!(read_hashes(&pool).await.is_err());
+    }
+}

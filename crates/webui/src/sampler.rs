@@ -1,0 +1,89 @@
+//! The sampler: reads `hashes` four times a second, in the background, for the speed.
+//!
+//! The speed must not depend on when browsers happen to poll `/json`, nor on how many of them do:
+//! one task reads the counter on a steady clock and feeds [`HashRate`], and `/json` only asks
+//! it for the slope. Four readings a second place each flush within 250 ms of when it landed.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use mesh::Shutdown;
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+
+use crate::counters;
+use crate::rate::HashRate;
+
+/// Time between two readings.
+pub const EVERY: Duration = Duration::from_millis(250);
+
+/// A reading whose round trip took longer than this may be off by more than the spacing of the
+/// readings themselves; the speed is better without it.
+const MAX_ROUND_TRIP: Duration = EVERY;
+
+/// Reads `hashes` from `pool` every [`EVERY`] into `rate`, until `shutdown`.
+///
+/// Logs once when Redis becomes unreachable and once when it is back, not at every reading.
+pub async fn run(pool: Pool, rate: Arc<Mutex<HashRate>>, shutdown: Shutdown) {
+    let mut ticks = tokio::time::interval(EVERY);
+    // After a slow read, carry on at the usual spacing rather than bursting to catch up.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reachable = None;
+    loop {
+        // Dropping a reading midway is safe (see `counters::within_deadline`), so shutdown does
+        // not wait for one to finish.
+        let next = async {
+            ticks.tick().await;
+            counters::read_hashes(&pool).await
+        };
+        let Some(reading) = shutdown.run_until_cancelled(next).await else {
+            break;
+        };
+        match reading {
+            Ok(reading) => {
+                if reachable != Some(true) {
+                    info!(hashes = reading.hashes, "reading the counters from Redis");
+                    reachable = Some(true);
+                }
+                if reading.round_trip > MAX_ROUND_TRIP {
+                    debug!(round_trip = ?reading.round_trip, "slow reading of hashes left out of the speed");
+                    continue;
+                }
+                rate.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(reading.at, reading.hashes);
+            }
+            Err(err) => {
+                if reachable != Some(false) {
+                    warn!(error = %err.reason(), "cannot read Redis; /json answers 503 until it is back");
+                    reachable = Some(false);
+                }
+                debug!(error = %err.reason(), "reading of hashes failed");
+            }
+        }
+    }
+    debug!("sampler stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn stops_at_once_on_shutdown_even_without_redis() {
+        let pool = mesh::redis::pool("redis://127.0.0.1:1", 1).unwrap();
+        let shutdown = Shutdown::new();
+        let sampler = tokio::spawn(run(pool, Arc::default(), shutdown.clone()));
+        tokio::time::sleep(3 * EVERY).await;
+        let asked = Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_millis(100), sampler)
+            .await
+            .expect("the sampler stops within 100 ms")
+            .unwrap();
+        assert!(asked.elapsed() < Duration::from_millis(100));
+    }
+}
