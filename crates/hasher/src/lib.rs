@@ -19,7 +19,6 @@ use dockercoins::hasher::v1::hasher_service_server::{HasherService, HasherServic
 use dockercoins::hasher::v1::{HashRequest, HashResponse};
 use mesh::Shutdown;
 use sha2::{Digest, Sha256};
-use tonic::server::NamedService;
 
 /// hasher's configuration: every field is a flag and an environment variable.
 #[derive(clap::Parser, Debug, Clone)]
@@ -135,23 +134,16 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
 pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
     let hasher = Arc::new(Hasher::new(config));
-    let queue = mesh::queue::Queue::new(config.concurrency);
-    let (health, grpc) =
-        mesh::grpc::health_and_reflection(&[<HasherServiceServer<Hasher> as NamedService>::NAME])
-            .await;
     // tonic rejects a larger message before decoding it, with its standard OUT_OF_RANGE.
     let hash = HasherServiceServer::from_arc(hasher.clone())
         .max_decoding_message_size(config.max_body + PROTO_OVERHEAD);
-    let grpc = grpc.add_service(queue.service(hash)).into_axum_router();
     let shim = Router::new()
         .route("/", get(banner).post(hash_body))
         .method_not_allowed_fallback(method_not_allowed)
         // A larger body gets 413 before it is read into memory.
         .layer(DefaultBodyLimit::max(config.max_body))
-        .layer(tower::util::option_layer(queue.layer()))
         .with_state(hasher);
-    let app = shim.merge(grpc).fallback(mesh::grpc::fallback);
-    (health, app)
+    mesh::grpc::router(hash, shim, config.concurrency).await
 }
 
 /// Serves hasher on `listener` until `shutdown`, reporting NOT_SERVING first.

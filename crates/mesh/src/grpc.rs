@@ -82,6 +82,31 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
     (health, routes)
 }
 
+/// One port's whole router: `service` (a tonic server) and the HTTP `shim` behind one request
+/// queue of `concurrency` (0 = unlimited), health and reflection outside it, and [`fallback`] for
+/// every other path.
+///
+/// Returns the health reporter too, so that shutdown can report NOT_SERVING.
+pub async fn router<S>(service: S, shim: axum::Router, concurrency: usize) -> (Health, axum::Router)
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let queue = crate::queue::Queue::new(concurrency);
+    let (health, grpc) = health_and_reflection(&[S::NAME]).await;
+    let grpc = grpc.add_service(queue.service(service)).into_axum_router();
+    let shim = shim.layer(tower::util::option_layer(queue.layer()));
+    (health, shim.merge(grpc).fallback(fallback))
+}
+
 /// Answers requests that match no route: gRPC's UNIMPLEMENTED for gRPC clients, and a 404 with a
 /// one-line reason for everyone else (tonic's own fallback would answer HTTP 200 with an empty
 /// body, which tells a `curl` user nothing).

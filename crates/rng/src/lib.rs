@@ -18,7 +18,6 @@ use dockercoins::rng::v1::rng_service_server::{RngService, RngServiceServer};
 use dockercoins::rng::v1::{GenerateRequest, GenerateResponse};
 use mesh::Shutdown;
 use rand::RngCore;
-use tonic::server::NamedService;
 
 /// rng's configuration: every field is a flag and an environment variable.
 #[derive(clap::Parser, Debug, Clone)]
@@ -156,22 +155,15 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
 pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
     let rng = Arc::new(Rng::new(config));
-    // One queue for Generate and the shim alike; health and reflection stay outside it so that
-    // probes answer even when the queue is long.
-    let queue = mesh::queue::Queue::new(config.concurrency);
-    let (health, grpc) =
-        mesh::grpc::health_and_reflection(&[<RngServiceServer<Rng> as NamedService>::NAME]).await;
     // Requests are a few bytes; anything large is not a GenerateRequest.
     let generate = RngServiceServer::from_arc(rng.clone()).max_decoding_message_size(1024);
-    let grpc = grpc.add_service(queue.service(generate)).into_axum_router();
     let shim = Router::new()
         .route("/", get(banner))
         .route("/{n}", get(bytes))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(tower::util::option_layer(queue.layer()))
         .with_state(rng);
-    let app = shim.merge(grpc).fallback(mesh::grpc::fallback);
-    (health, app)
+    // One queue for Generate and the shim alike, as in the single-threaded original.
+    mesh::grpc::router(generate, shim, config.concurrency).await
 }
 
 /// Serves rng on `listener` until `shutdown`, reporting NOT_SERVING first.
