@@ -154,6 +154,7 @@ fn the_worker_survives_a_missing_and_a_frozen_backend() {
         ("HASHER_ENDPOINT", hasher.url()),
         ("REDIS_URL", redis.url()),
         ("WORKER_RPC_TIMEOUT", "300ms".into()),
+        ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".into()),
     ]);
     let mut worker = Process::spawn("worker", &support::workspace_binary("worker"), &[], &env);
 
@@ -248,4 +249,47 @@ fn webui_serves_without_redis_and_answers_503_quickly() {
         body["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{body}"
     );
+}
+
+/// Runs `<binary> healthcheck` with `env` and returns whether it reported healthy.
+fn healthcheck(binary: &str, env: &[(&str, String)]) -> bool {
+    let output = std::process::Command::new(support::workspace_binary(binary))
+        .arg("healthcheck")
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+        .output()
+        .expect("run the healthcheck");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.success(),
+        stdout.starts_with("healthy"),
+        "{stdout}"
+    );
+    output.status.success()
+}
+
+#[test]
+fn each_binarys_healthcheck_probes_the_running_service() {
+    let redis = Redis::start();
+    let (rng, hasher) = backends(&quick());
+    let worker = worker(&rng, &hasher, &redis, &quick());
+    let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
+    let admin = worker.wait_for_log("listening addr=", Duration::from_secs(10));
+    let admin = admin.split("addr=").nth(1).unwrap().trim().to_string();
+
+    assert!(healthcheck("rng", &[("RNG_LISTEN", rng.addr.to_string())]));
+    assert!(healthcheck(
+        "hasher",
+        &[("HASHER_LISTEN", hasher.addr.to_string())]
+    ));
+    assert!(healthcheck(
+        "webui",
+        &[("WEBUI_LISTEN", webui.addr.to_string())]
+    ));
+    assert!(healthcheck("worker", &[("WORKER_ADMIN_LISTEN", admin)]));
+
+    let nobody = format!("127.0.0.1:{}", free_port());
+    assert!(!healthcheck("rng", &[("RNG_LISTEN", nobody.clone())]));
+    assert!(!healthcheck("hasher", &[("HASHER_LISTEN", nobody.clone())]));
+    assert!(!healthcheck("webui", &[("WEBUI_LISTEN", nobody.clone())]));
+    assert!(!healthcheck("worker", &[("WORKER_ADMIN_LISTEN", nobody)]));
 }

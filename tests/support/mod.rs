@@ -305,6 +305,7 @@ pub fn worker(rng: &Service, hasher: &Service, redis: &Redis, env: &[(&str, Stri
         ("RNG_ENDPOINT", rng.url()),
         ("HASHER_ENDPOINT", hasher.url()),
         ("REDIS_URL", redis.url()),
+        ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
     ];
     all.extend_from_slice(env);
     let process = Process::spawn("worker", &workspace_binary("worker"), &[], &all);

@@ -40,6 +40,9 @@ pub struct Config {
     /// Largest body (HTTP) or `data` (gRPC) accepted, in bytes.
     #[arg(long, env = "HASHER_MAX_BODY", default_value_t = 1_048_576)]
     pub max_body: usize,
+    /// `healthcheck`: probe the running server instead of starting one.
+    #[command(subcommand)]
+    pub command: Option<mesh::probe::Command>,
 }
 
 /// Room for the protobuf framing around `data` (a tag and a length varint) in the gRPC decoding

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod probe;
 pub mod queue;
 pub mod redis;
 pub mod serve;

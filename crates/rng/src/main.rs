@@ -1,10 +1,19 @@
-//! The `rng` binary: parse the configuration, bind, serve until SIGTERM/SIGINT.
+//! The `rng` binary: parse the configuration, bind, serve until SIGTERM/SIGINT; or, as
+//! `rng healthcheck`, probe the running rng's gRPC health.
+
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let config: rng::Config = mesh::config::parse();
+    if config.command == Some(mesh::probe::Command::Healthcheck) {
+        return Ok(mesh::probe::exit(
+            mesh::probe::grpc(config.listen, "").await,
+        ));
+    }
     mesh::telemetry::init();
     let shutdown = mesh::shutdown::on_signal();
     let listener = mesh::serve::bind(config.listen).await?;
-    rng::run(config, listener, shutdown).await
+    rng::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }

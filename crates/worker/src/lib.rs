@@ -5,6 +5,7 @@
 //! does about 3.33 units a second, as in the workshop. `WORKER_CONCURRENCY` runs several units at
 //! once in one process, like several worker containers would.
 
+pub mod admin;
 pub mod flush;
 pub mod mine;
 pub mod tally;
@@ -43,9 +44,15 @@ pub struct Config {
     /// Units of work in flight in this process.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
+    /// Address of the admin listener (`/healthz`).
+    #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9000")]
+    pub admin_listen: std::net::SocketAddr,
     /// Deadline of each call to rng or hasher (rng's queue alone can hold ten workers ~1 s).
     #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
+    /// `healthcheck`: probe the running server instead of starting one.
+    #[command(subcommand)]
+    pub command: Option<mesh::probe::Command>,
 }
 
 /// Accepts `http://host:port`, the form Docker and Kubernetes service names take.
@@ -72,7 +79,13 @@ fn channel(endpoint: &Endpoint, rpc_timeout: Duration) -> Channel {
 }
 
 /// Mines until `shutdown`, then flushes the count that is left, all within a second.
-pub async fn run(config: Config, shutdown: mesh::Shutdown) -> anyhow::Result<()> {
+///
+/// Serves the admin routes on `admin` meanwhile.
+pub async fn run(
+    config: Config,
+    admin: tokio::net::TcpListener,
+    shutdown: mesh::Shutdown,
+) -> anyhow::Result<()> {
     let worker_id = format!("{}-{:016x}", mesh::hostname(), rand::random::<u64>());
     info!(
         worker_id,
@@ -96,12 +109,14 @@ pub async fn run(config: Config, shutdown: mesh::Shutdown) -> anyhow::Result<()>
             async move { mine::mine_forever(backends, config.delay, &tally, shutdown).await },
         );
     }
+    let admin = tokio::spawn(mesh::serve(admin, admin::app(), shutdown.clone()));
     let mut flusher = Flusher::new(pool, &worker_id);
     flusher.run_until(&tally, &shutdown).await;
     // Miners return as soon as shutdown starts; once they are gone the tally no longer moves, and
     // the flusher has the rest of the second to land it.
     while miners.join_next().await.is_some() {}
     flusher.drain(&tally, mesh::shutdown::DRAIN_DEADLINE).await;
+    admin.await??;
     info!("worker stopped");
     Ok(())
 }

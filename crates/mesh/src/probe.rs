@@ -1,0 +1,125 @@
+//! The `healthcheck` subcommand every binary has, for container HEALTHCHECKs.
+//!
+//! The runtime images hold one static binary and nothing else (no shell, no curl, no
+//! grpc_health_probe), so each binary checks itself: `rng healthcheck` asks the running rng's gRPC
+//! health service, `webui healthcheck` and `worker healthcheck` GET `/healthz`. The probe reads the
+//! same configuration as the server, so it finds the port the server listens on. Exit status 0
+//! means healthy, 1 unhealthy, as Docker expects.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Deadline of the whole check, well inside Docker's healthcheck timeout.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Subcommands shared by the service binaries.
+#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Checks that the server configured like this one is healthy, then exits 0 (healthy) or 1.
+    Healthcheck,
+}
+
+/// Where to reach a server that listens on `listen` from the same host: a wildcard address
+/// (`0.0.0.0`, `::`) is reached on loopback.
+pub fn local_addr(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Asks the gRPC health service at `listen` whether `service` is SERVING.
+pub async fn grpc(listen: SocketAddr, service: &str) -> Result<(), String> {
+    let addr = local_addr(listen);
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|err| err.to_string())?
+            .connect()
+            .await
+            .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let response = HealthClient::new(channel)
+            .check(request)
+            .await
+            .map_err(|status| format!("health check failed: {}", status.message()))?;
+        match response.into_inner().status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(format!("{service} is {}", other.as_str_name())),
+        }
+    };
+    within_deadline(check).await
+}
+
+/// GETs `path` at `listen` and expects 200.
+pub async fn http(listen: SocketAddr, path: &str) -> Result<(), String> {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let addr = local_addr(listen);
+    let check = async {
+        let client: Client<_, http_body_util::Empty<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let uri: http::Uri = format!("http://{addr}{path}")
+            .parse()
+            .map_err(|err| format!("bad address {addr}: {err}"))?;
+        let response = client
+            .get(uri)
+            .await
+            .map_err(|err| format!("cannot GET {path} on {addr}: {err}"))?;
+        match response.status() {
+            http::StatusCode::OK => Ok(()),
+            status => Err(format!("GET {path} answered {status}")),
+        }
+    };
+    within_deadline(check).await
+}
+
+async fn within_deadline(
+    check: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(PROBE_DEADLINE, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {PROBE_DEADLINE:?}")))
+}
+
+/// Prints the outcome of a check and turns it into the exit status Docker reads.
+pub fn exit(outcome: Result<(), String>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => {
+            println!("healthy");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            println!("unhealthy: {reason}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_addresses_are_probed_on_loopback() {
+        let probe = |listen: &str| local_addr(listen.parse().unwrap()).to_string();
+        assert_eq!(probe("0.0.0.0:8001"), "127.0.0.1:8001");
+        assert_eq!(probe("[::]:8002"), "[::1]:8002");
+        assert_eq!(probe("10.0.0.7:8000"), "10.0.0.7:8000");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unhealthy() {
+        let closed = "127.0.0.1:1".parse().unwrap();
+        assert!(grpc(closed, "").await.is_err());
+        assert!(http(closed, "/healthz").await.is_err());
+    }
+}
