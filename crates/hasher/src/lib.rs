@@ -40,9 +40,9 @@ pub struct Config {
     /// Largest body (HTTP) or `data` (gRPC) accepted, in bytes.
     #[arg(long, env = "HASHER_MAX_BODY", default_value_t = 1_048_576)]
     pub max_body: usize,
-    /// `healthcheck`: probe the running server instead of starting one.
+    /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
-    pub command: Option<mesh::probe::Command>,
+    pub command: Option<mesh::Command>,
 }
 
 /// Room for the protobuf framing around `data` (a tag and a length varint) in the gRPC decoding

@@ -1,15 +1,18 @@
-//! The `hasher` binary: parse the configuration, bind, serve until SIGTERM/SIGINT; or, as
-//! `hasher healthcheck`, probe the running hasher's gRPC health.
+//! The `hasher` binary: parse the configuration, bind, serve until SIGTERM/SIGINT; or run a
+//! subcommand (`healthcheck`, the container probe; `forward`, see `mesh::forward`).
 
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let config: hasher::Config = mesh::config::parse();
-    if config.command == Some(mesh::probe::Command::Healthcheck) {
-        return Ok(mesh::probe::exit(
-            mesh::probe::grpc(config.listen, "").await,
-        ));
+    let command = mesh::command::run(
+        config.command.as_ref(),
+        config.listen,
+        mesh::command::Probe::Grpc,
+    );
+    if let Some(code) = command.await? {
+        return Ok(code);
     }
     mesh::telemetry::init();
     let shutdown = mesh::shutdown::on_signal();

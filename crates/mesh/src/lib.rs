@@ -4,7 +4,9 @@
 //!
 //! `mesh` knows no service: services depend on it, never the other way round.
 
+pub mod command;
 pub mod config;
+pub mod forward;
 pub mod grpc;
 pub mod probe;
 pub mod queue;
@@ -13,6 +15,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 
+pub use command::Command;
 pub use serve::serve;
 pub use shutdown::Shutdown;
 

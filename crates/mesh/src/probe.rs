@@ -16,13 +16,6 @@ use tonic_health::pb::health_client::HealthClient;
 /// Deadline of the whole check, well inside Docker's healthcheck timeout.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Subcommands shared by the service binaries.
-#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// Checks that the server configured like this one is healthy, then exits 0 (healthy) or 1.
-    Healthcheck,
-}
-
 /// Where to reach a server that listens on `listen` from the same host: a wildcard address
 /// (`0.0.0.0`, `::`) is reached on loopback.
 pub fn local_addr(listen: SocketAddr) -> SocketAddr {

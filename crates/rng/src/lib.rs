@@ -39,9 +39,9 @@ pub struct Config {
     /// Largest number of bytes one request may ask for.
     #[arg(long, env = "RNG_MAX_SIZE", default_value_t = 1_048_576)]
     pub max_size: u32,
-    /// `healthcheck`: probe the running server instead of starting one.
+    /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
-    pub command: Option<mesh::probe::Command>,
+    pub command: Option<mesh::Command>,
 }
 
 /// Why a request for random bytes is refused.

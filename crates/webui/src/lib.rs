@@ -44,9 +44,9 @@ pub struct Config {
     /// Redis holding the `hashes` counter and the `wallet`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = mesh::redis::parse_url)]
     pub redis_url: String,
-    /// `healthcheck`: probe the running server instead of starting one.
+    /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
-    pub command: Option<mesh::probe::Command>,
+    pub command: Option<mesh::Command>,
 }
 
 /// Connections to Redis: one for the sampler, the rest for `/json`, which holds one for a

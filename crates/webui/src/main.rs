@@ -1,15 +1,18 @@
-//! The `webui` binary: parse the configuration, bind, serve until SIGTERM/SIGINT; or, as
-//! `webui healthcheck`, GET the running webui's `/healthz`.
+//! The `webui` binary: parse the configuration, bind, serve until SIGTERM/SIGINT; or run a
+//! subcommand (`healthcheck`, the container probe; `forward`, see `mesh::forward`).
 
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let config: webui::Config = mesh::config::parse();
-    if config.command == Some(mesh::probe::Command::Healthcheck) {
-        return Ok(mesh::probe::exit(
-            mesh::probe::http(config.listen, "/healthz").await,
-        ));
+    let command = mesh::command::run(
+        config.command.as_ref(),
+        config.listen,
+        mesh::command::Probe::Http("/healthz"),
+    );
+    if let Some(code) = command.await? {
+        return Ok(code);
     }
     mesh::telemetry::init();
     let shutdown = mesh::shutdown::on_signal();

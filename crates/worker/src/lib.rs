@@ -50,9 +50,9 @@ pub struct Config {
     /// Deadline of each call to rng or hasher (rng's queue alone can hold ten workers ~1 s).
     #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
-    /// `healthcheck`: probe the running server instead of starting one.
+    /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
-    pub command: Option<mesh::probe::Command>,
+    pub command: Option<mesh::Command>,
 }
 
 /// Accepts `http://host:port`, the form Docker and Kubernetes service names take.

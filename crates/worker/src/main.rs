@@ -1,15 +1,18 @@
-//! The `worker` binary: parse the configuration, mine until SIGTERM/SIGINT, flush, exit; or, as
-//! `worker healthcheck`, GET the running worker's `/healthz` on its admin listener.
+//! The `worker` binary: parse the configuration, mine until SIGTERM/SIGINT, flush, exit; or run a
+//! subcommand (`healthcheck`, the container probe; `forward`, see `mesh::forward`).
 
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let config: worker::Config = mesh::config::parse();
-    if config.command == Some(mesh::probe::Command::Healthcheck) {
-        return Ok(mesh::probe::exit(
-            mesh::probe::http(config.admin_listen, "/healthz").await,
-        ));
+    let command = mesh::command::run(
+        config.command.as_ref(),
+        config.admin_listen,
+        mesh::command::Probe::Http("/healthz"),
+    );
+    if let Some(code) = command.await? {
+        return Ok(code);
     }
     mesh::telemetry::init();
     let shutdown = mesh::shutdown::on_signal();
