@@ -8,6 +8,7 @@
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The services every gRPC server of the mesh serves beside its own.
 const PROBE_SERVICES: [&str; 3] = [
@@ -104,8 +105,21 @@ where
     let (health, grpc) = health_and_reflection(&[S::NAME]).await;
     let grpc = grpc.add_service(queue.service(service)).into_axum_router();
     let shim = shim.layer(tower::util::option_layer(queue.layer()));
-    (health, shim.merge(grpc).fallback(fallback))
+    let app = shim
+        .merge(grpc)
+        .fallback(fallback)
+        // Outermost: every answer, gRPC (as response metadata) or HTTP, says which replica gave
+        // it, so that clients and people can see the load spread.
+        .layer(SetResponseHeaderLayer::overriding(
+            http::HeaderName::from_static(SERVED_BY),
+            http::HeaderValue::from_str(&crate::hostname())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+        ));
+    (health, app)
 }
+
+/// The response header (gRPC metadata) naming the replica that answered.
+pub const SERVED_BY: &str = "x-served-by";
 
 /// Answers requests that match no route: gRPC's UNIMPLEMENTED for gRPC clients, and a 404 with a
 /// one-line reason for everyone else (tonic's own fallback would answer HTTP 200 with an empty

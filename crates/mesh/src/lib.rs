@@ -4,8 +4,10 @@
 //!
 //! `mesh` knows no service: services depend on it, never the other way round.
 
+pub mod balance;
 pub mod command;
 pub mod config;
+pub mod discovery;
 pub mod forward;
 pub mod grpc;
 pub mod probe;

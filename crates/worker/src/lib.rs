@@ -8,13 +8,15 @@
 pub mod admin;
 pub mod flush;
 pub mod mine;
+pub mod retry;
 pub mod tally;
 
 use std::time::Duration;
 
 use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use mesh::balance::{self, Balanced, Policy};
+use mesh::discovery::{self, ChannelSettings, Endpoints, parse_endpoints};
 use tracing::info;
 
 use crate::flush::Flusher;
@@ -29,12 +31,23 @@ use crate::tally::Tally;
     about = "DockerCoins worker: mines coins with rng and hasher, counts them in Redis"
 )]
 pub struct Config {
-    /// gRPC endpoint of rng.
-    #[arg(long, env = "RNG_ENDPOINT", default_value = "http://127.0.0.1:8001", value_parser = parse_endpoint)]
-    pub rng_endpoint: Endpoint,
-    /// gRPC endpoint of hasher.
-    #[arg(long, env = "HASHER_ENDPOINT", default_value = "http://127.0.0.1:8002", value_parser = parse_endpoint)]
-    pub hasher_endpoint: Endpoint,
+    /// gRPC endpoint(s) of rng: a name behind which every replica is found (re-resolved every
+    /// RNG_RESOLVE_INTERVAL), or a comma-separated list.
+    #[arg(long, env = "RNG_ENDPOINT", default_value = "http://127.0.0.1:8001", value_parser = parse_endpoints)]
+    pub rng_endpoint: Endpoints,
+    /// gRPC endpoint(s) of hasher, like RNG_ENDPOINT.
+    #[arg(long, env = "HASHER_ENDPOINT", default_value = "http://127.0.0.1:8002", value_parser = parse_endpoints)]
+    pub hasher_endpoint: Endpoints,
+    /// How often rng's name is resolved again to find replicas that came or went.
+    #[arg(long, env = "RNG_RESOLVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub rng_resolve_interval: Duration,
+    /// How often hasher's name is resolved again.
+    #[arg(long, env = "HASHER_RESOLVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub hasher_resolve_interval: Duration,
+    /// How calls are spread over the replicas: p2c (least loaded of two), pick_first (the
+    /// pinning problem), round_robin.
+    #[arg(long, env = "WORKER_LB", default_value = "p2c", value_enum)]
+    pub lb: Policy,
     /// Redis holding the `hashes` counter and the `wallet`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = mesh::redis::parse_url)]
     pub redis_url: String,
@@ -55,27 +68,22 @@ pub struct Config {
     pub command: Option<mesh::Command>,
 }
 
-/// Accepts `http://host:port`, the form Docker and Kubernetes service names take.
-fn parse_endpoint(raw: &str) -> Result<Endpoint, String> {
-    let endpoint =
-        Endpoint::from_shared(raw.to_string()).map_err(|err| format!("not a URL ({err})"))?;
-    match endpoint.uri().scheme_str() {
-        Some("http") if endpoint.uri().host().is_some() => Ok(endpoint),
-        _ => Err("expected an http:// URL with a host, such as http://rng:8001".to_string()),
-    }
-}
+/// Deadline to open a connection to one replica.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A lazily connected channel with the worker's deadlines: every call gives up after
-/// `rpc_timeout`, and HTTP/2 keepalives notice a frozen peer, so that nothing hangs.
-fn channel(endpoint: &Endpoint, rpc_timeout: Duration) -> Channel {
-    endpoint
-        .clone()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(rpc_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .connect_lazy()
+/// A channel that spreads calls over every serving replica behind `endpoints`.
+fn balanced(
+    config: &Config,
+    endpoints: &Endpoints,
+    resolve_interval: Duration,
+    shutdown: &mesh::Shutdown,
+) -> Balanced {
+    let settings = ChannelSettings {
+        connect_timeout: CONNECT_TIMEOUT,
+        resolve_interval,
+    };
+    let changes = discovery::spawn(endpoints.clone(), settings, shutdown.clone());
+    balance::channel(config.lb, changes, config.rpc_timeout)
 }
 
 /// Mines until `shutdown`, then flushes the count that is left, all within a second.
@@ -89,16 +97,28 @@ pub async fn run(
     let worker_id = format!("{}-{:016x}", mesh::hostname(), rand::random::<u64>());
     info!(
         worker_id,
-        rng = %config.rng_endpoint.uri(),
-        hasher = %config.hasher_endpoint.uri(),
+        rng = %config.rng_endpoint,
+        hasher = %config.hasher_endpoint,
+        lb = ?config.lb,
         delay = ?config.delay,
         concurrency = config.concurrency,
         "worker starting"
     );
     let pool = mesh::redis::pool(&config.redis_url, 2)?;
     let backends = Backends {
-        rng: RngServiceClient::new(channel(&config.rng_endpoint, config.rpc_timeout)),
-        hasher: HasherServiceClient::new(channel(&config.hasher_endpoint, config.rpc_timeout)),
+        rng: RngServiceClient::new(balanced(
+            &config,
+            &config.rng_endpoint,
+            config.rng_resolve_interval,
+            &shutdown,
+        )),
+        retries: retry::budget(),
+        hasher: HasherServiceClient::new(balanced(
+            &config,
+            &config.hasher_endpoint,
+            config.hasher_resolve_interval,
+            &shutdown,
+        )),
     };
     let tally = std::sync::Arc::new(Tally::default());
 

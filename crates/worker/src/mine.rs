@@ -5,16 +5,20 @@
 //! and when rng or hasher fails it logs, backs off (capped at one second) and tries again: a
 //! worker never hangs and never exits because a dependency is down.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tower::retry::budget::TpsBudget;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use dockercoins::hasher::v1::HashRequest;
 use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
 use dockercoins::rng::v1::GenerateRequest;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
-use tonic::transport::Channel;
+use mesh::balance::Balanced;
 use tracing::{info, warn};
 
+use crate::retry::with_retries;
 use crate::tally::{Coin, Tally};
 
 /// Bytes asked of rng per unit, as in the original.
@@ -34,30 +38,34 @@ pub enum UnitError {
 /// The two services a worker calls.
 #[derive(Clone)]
 pub struct Backends {
-    pub rng: RngServiceClient<Channel>,
-    pub hasher: HasherServiceClient<Channel>,
+    pub rng: RngServiceClient<Balanced>,
+    pub hasher: HasherServiceClient<Balanced>,
+    /// Shared by every miner of the process.
+    pub retries: Arc<TpsBudget>,
 }
 
 impl Backends {
     /// Does one unit of work; returns the coin it found, if any.
     pub async fn mine(&mut self) -> Result<Option<Coin>, UnitError> {
-        let data = self
-            .rng
-            .generate(GenerateRequest { size: RANDOM_BYTES })
-            .await
-            .map_err(UnitError::Rng)?
-            .into_inner()
-            .data;
+        let data = with_retries(&self.retries, || {
+            let mut rng = self.rng.clone();
+            async move { rng.generate(GenerateRequest { size: RANDOM_BYTES }).await }
+        })
+        .await
+        .map_err(UnitError::Rng)?
+        .into_inner()
+        .data;
         if data.len() != RANDOM_BYTES as usize {
             return Err(UnitError::ShortRead(data.len()));
         }
-        let digest = self
-            .hasher
-            .hash(HashRequest { data: data.clone() })
-            .await
-            .map_err(UnitError::Hasher)?
-            .into_inner()
-            .digest;
+        let digest = with_retries(&self.retries, || {
+            let (mut hasher, data) = (self.hasher.clone(), data.clone());
+            async move { hasher.hash(HashRequest { data }).await }
+        })
+        .await
+        .map_err(UnitError::Hasher)?
+        .into_inner()
+        .digest;
         Ok(is_coin(&digest).then_some(Coin { digest, data }))
     }
 }

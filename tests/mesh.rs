@@ -1,0 +1,142 @@
+//! The mesh on loopback: three rng replicas listed in RNG_ENDPOINT, ten units in flight, and the
+//! worker's balancer spreading (p2c) or pinning (pick_first) the calls; a replica stopped with
+//! SIGTERM costs no call; every answer names its replica.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Redis, Service, eventually, grpcurl_output, http, worker};
+
+/// Three rng replicas with the default delays, each with a name of its own.
+fn three_rngs() -> Vec<Service> {
+    ["rng-a", "rng-b", "rng-c"]
+        .into_iter()
+        .map(|name| Service::start("rng", &[("HOSTNAME", name.to_string())]))
+        .collect()
+}
+
+fn endpoints(replicas: &[Service]) -> String {
+    replicas
+        .iter()
+        .map(Service::url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Hashes per second in Redis, between two flushes at least `span` apart.
+fn rate(redis: &Redis, span: Duration) -> f64 {
+    let mut connection = redis.connection();
+    let mut next = |after: u64| {
+        eventually(Duration::from_secs(10), "the next flush", || {
+            let hashes: Option<u64> = redis::cmd("GET")
+                .arg("hashes")
+                .query(&mut connection)
+                .ok()?;
+            let hashes = hashes.unwrap_or(0);
+            (hashes > after).then(|| (Instant::now(), hashes))
+        })
+    };
+    let (_, warm) = next(redis.hashes());
+    let (start, first) = next(warm);
+    let mut end = next(first);
+    while end.0 - start < span {
+        end = next(end.1);
+    }
+    (end.1 - first) as f64 / (end.0 - start).as_secs_f64()
+}
+
+#[test]
+fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
+    let redis = Redis::start();
+    let rngs = three_rngs();
+    let hasher = Service::start("hasher", &[]);
+    let env = |lb: &str| {
+        vec![
+            ("RNG_ENDPOINT", endpoints(&rngs)),
+            ("WORKER_CONCURRENCY", "10".to_string()),
+            ("WORKER_LB", lb.to_string()),
+        ]
+    };
+
+    let mut spread = worker(&rngs[0], &hasher, &redis, &env("p2c"));
+    let p2c = rate(&redis, Duration::from_secs(10));
+    spread.terminate();
+    let _pinned = worker(&rngs[0], &hasher, &redis, &env("pick_first"));
+    let pick_first = rate(&redis, Duration::from_secs(10));
+    eprintln!(
+        "10 units, 3 rng replicas: p2c {p2c:.2} hashes/s, pick_first {pick_first:.2} hashes/s"
+    );
+
+    // One rng serves 10 a second: 25 or more means all three work; pinned, one does.
+    assert!(p2c >= 25.0, "p2c: {p2c:.2} hashes/s");
+    assert!(pick_first <= 11.0, "pick_first: {pick_first:.2} hashes/s");
+}
+
+#[test]
+fn sigterm_to_one_replica_fails_no_call_at_the_worker() {
+    let redis = Redis::start();
+    let mut rngs = three_rngs();
+    let hasher = Service::start("hasher", &[]);
+    let env = [
+        ("RNG_ENDPOINT", endpoints(&rngs)),
+        ("WORKER_CONCURRENCY", "10".to_string()),
+    ];
+    let worker = worker(&rngs[0], &hasher, &redis, &env);
+    eventually(Duration::from_secs(10), "three replicas serving", || {
+        let serving = worker
+            .log()
+            .iter()
+            .filter(|line| line.contains("replica serving"))
+            .count();
+        (serving >= 4).then_some(())
+    });
+    let before = redis.hashes();
+    eventually(Duration::from_secs(10), "work flowing", || {
+        (redis.hashes() > before + 20).then_some(())
+    });
+
+    let (took, status) = rngs[1].process.terminate();
+    assert!(
+        status.success() && took < Duration::from_secs(1),
+        "{status} after {took:?}"
+    );
+    worker.wait_for_log("replica not serving", Duration::from_secs(5));
+    let after = redis.hashes();
+    eventually(
+        Duration::from_secs(10),
+        "work flowing on two replicas",
+        || (redis.hashes() > after + 20).then_some(()),
+    );
+    let failures: Vec<String> = worker
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("unit of work failed"))
+        .collect();
+    assert!(failures.is_empty(), "calls failed: {failures:?}");
+    drop(rngs);
+}
+
+#[test]
+fn every_answer_names_the_replica_that_gave_it() {
+    let rng = Service::start(
+        "rng",
+        &[
+            ("HOSTNAME", "rng-x".to_string()),
+            ("RNG_DELAY", "0s".to_string()),
+        ],
+    );
+    let output = grpcurl_output(
+        rng.addr,
+        &[
+            "-v",
+            "-d",
+            r#"{"size":4}"#,
+            "dockercoins.rng.v1.RngService/Generate",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("x-served-by: rng-x"), "{stdout}");
+    let response = http().get(format!("{}/4", rng.url())).send().unwrap();
+    assert_eq!(response.headers()["x-served-by"], "rng-x");
+}
