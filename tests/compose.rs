@@ -240,7 +240,10 @@ fn the_workshop_walkthrough_on_docker_compose() {
     // their calls: three rng replicas serve about three times as much.
     let speed = measure_speed();
     eprintln!("10 workers, 3 rng replicas: {speed:.2} hashes/s");
-    assert!(speed >= 25.0, "10 workers on 3 rng replicas: {speed:.2} hashes/s");
+    assert!(
+        speed >= 25.0,
+        "10 workers on 3 rng replicas: {speed:.2} hashes/s"
+    );
 
     // Every container of ours runs as non-root; redis as the redis user.
     for id in project.containers(None) {

@@ -140,3 +140,79 @@ fn every_answer_names_the_replica_that_gave_it() {
     let response = http().get(format!("{}/4", rng.url())).send().unwrap();
     assert_eq!(response.headers()["x-served-by"], "rng-x");
 }
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_agree_with_redis() {
+    use support::{scrape, total};
+    let quick: Vec<(&str, String)> = ["RNG_DELAY", "HASHER_DELAY", "WORKER_DELAY"]
+        .into_iter()
+        .map(|name| (name, "5ms".to_string()))
+        .collect();
+    let redis = Redis::start();
+    let rng = Service::start("rng", &quick);
+    let hasher = Service::start("hasher", &quick);
+    let worker = worker(&rng, &hasher, &redis, &quick);
+    let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
+    let admin = worker.wait_for_log("listening addr=", Duration::from_secs(10));
+    let admin = admin.split("addr=").nth(1).unwrap().trim().to_string();
+    eventually(Duration::from_secs(10), "some work", || {
+        (redis.hashes() > 30).then_some(())
+    });
+
+    // Whatever the worker counted had reached Redis by the next flush, and nothing more.
+    let before = redis.hashes();
+    let units = total(
+        &scrape(&format!("http://{admin}/metrics")),
+        "dockercoins_units_total",
+        &[],
+    );
+    let flushed = eventually(Duration::from_secs(5), "the next flush", || {
+        let now = redis.hashes();
+        (now as f64 >= units).then_some(now)
+    });
+    assert!(
+        before as f64 <= units && units <= flushed as f64,
+        "{before} <= {units} <= {flushed}"
+    );
+
+    // Every unit asked rng once and hasher once; the picks name the replicas that answered.
+    let worker_metrics = scrape(&format!("http://{admin}/metrics"));
+    let rng_picks = total(
+        &worker_metrics,
+        "dockercoins_picks_total",
+        &[("service", "rng")],
+    );
+    let rng_metrics = scrape(&format!("{}/metrics", rng.url()));
+    let generates = total(
+        &rng_metrics,
+        "dockercoins_requests_total",
+        &[
+            ("route", "/dockercoins.rng.v1.RngService/Generate"),
+            ("code", "0"),
+        ],
+    );
+    assert!(
+        rng_picks >= units && generates >= rng_picks,
+        "{units} <= {rng_picks} <= {generates}"
+    );
+    let hashes = total(
+        &scrape(&format!("{}/metrics", hasher.url())),
+        "dockercoins_requests_total",
+        &[("route", "/dockercoins.hasher.v1.HasherService/Hash")],
+    );
+    assert!(hashes >= units, "{hashes} hashes served for {units} units");
+    assert!(
+        rng_metrics
+            .iter()
+            .any(|s| s.name == "dockercoins_request_duration_seconds_bucket"),
+        "latency histogram"
+    );
+
+    http().get(format!("{}/json", webui.url())).send().unwrap();
+    let served = total(
+        &scrape(&format!("{}/metrics", webui.url())),
+        "dockercoins_requests_total",
+        &[("route", "/json"), ("code", "200")],
+    );
+    assert!(served >= 1.0, "webui counted its /json");
+}

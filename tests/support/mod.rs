@@ -386,3 +386,68 @@ pub fn logged_units(worker: &Process) -> u64 {
         })
         .sum()
 }
+
+/// One sample of a Prometheus text exposition: name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// GETs `url` and parses it as Prometheus text, panicking on any line that is not a comment, a
+/// blank or a `name{label="value",…} number` sample.
+pub fn scrape(url: &str) -> Vec<Sample> {
+    let response = http().get(url).send().expect("GET /metrics");
+    assert_eq!(response.status(), 200, "{url}");
+    let text = response.text().expect("metrics text");
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            parse_sample(line).unwrap_or_else(|| panic!("not a Prometheus sample: {line:?}"))
+        })
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        other => other.parse().ok()?,
+    };
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => {
+            let body = rest.strip_suffix('}')?;
+            let labels = body
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once("=\"")?;
+                    Some((key.to_string(), value.trim_end_matches('"').to_string()))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            (name, labels)
+        }
+        None => (series, Vec::new()),
+    };
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    (!name.is_empty() && name.chars().all(valid)).then(|| Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// The sum of the samples named `name` whose labels include every pair of `with`.
+pub fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|sample| sample.name == name)
+        .filter(|sample| {
+            with.iter()
+                .all(|(key, value)| sample.labels.iter().any(|(k, v)| k == key && v == value))
+        })
+        .map(|sample| sample.value)
+        .sum()
+}

@@ -107,6 +107,9 @@ where
     let shim = shim.layer(tower::util::option_layer(queue.layer()));
     let app = shim
         .merge(grpc)
+        .route_layer(axum::middleware::from_fn(crate::metrics::record))
+        // Outside the queue and the counts: scraping must not wait behind the workers.
+        .merge(crate::metrics::routes())
         .fallback(fallback)
         // Outermost: every answer, gRPC (as response metadata) or HTTP, says which replica gave
         // it, so that clients and people can see the load spread.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod forward;
 pub mod grpc;
+pub mod metrics;
 pub mod probe;
 pub mod queue;
 pub mod redis;

@@ -1,5 +1,6 @@
-//! The worker's admin listener: a small HTTP port for probes (`/healthz`), since the worker
-//! serves nothing else. Containers use it through `worker healthcheck`.
+//! The worker's admin listener: a small HTTP port for probes (`/healthz`) and Prometheus
+//! (`/metrics`), since the worker serves nothing else. Containers probe it through
+//! `worker healthcheck`.
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -14,7 +15,7 @@ async fn healthz() -> &'static str {
 async fn not_found() -> (StatusCode, &'static str) {
     (
         StatusCode::NOT_FOUND,
-        "no such path: the worker's admin port serves /healthz\n",
+        "no such path: the worker's admin port serves /healthz and /metrics\n",
     )
 }
 
@@ -22,5 +23,6 @@ async fn not_found() -> (StatusCode, &'static str) {
 pub fn app() -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(mesh::metrics::routes())
         .fallback(not_found)
 }

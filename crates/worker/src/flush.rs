@@ -132,7 +132,17 @@ impl Flusher {
             self.next_sequence += 1;
         }
         let batch = self.in_doubt.as_ref().expect("a batch is in doubt");
-        match timeout(FLUSH_TIMEOUT, self.apply(batch)).await {
+        let outcome = timeout(FLUSH_TIMEOUT, self.apply(batch)).await;
+        if !matches!(outcome, Ok(Ok(_))) {
+            metrics::counter!("dockercoins_redis_errors_total").increment(1);
+        }
+        let unflushed = if matches!(outcome, Ok(Ok(_))) {
+            0
+        } else {
+            batch.units
+        };
+        metrics::gauge!("dockercoins_units_pending").set((unflushed + tally.units()) as f64);
+        match outcome {
             Ok(Ok(applied)) => {
                 if !applied {
                     info!(

@@ -104,6 +104,7 @@ pub async fn run(
         concurrency = config.concurrency,
         "worker starting"
     );
+    mesh::metrics::install();
     let pool = mesh::redis::pool(&config.redis_url, 2)?;
     let backends = Backends {
         rng: RngServiceClient::new(balanced(

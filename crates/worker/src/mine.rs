@@ -52,9 +52,9 @@ impl Backends {
             async move { rng.generate(GenerateRequest { size: RANDOM_BYTES }).await }
         })
         .await
-        .map_err(UnitError::Rng)?
-        .into_inner()
-        .data;
+        .map_err(UnitError::Rng)?;
+        count_pick("rng", &data);
+        let data = data.into_inner().data;
         if data.len() != RANDOM_BYTES as usize {
             return Err(UnitError::ShortRead(data.len()));
         }
@@ -63,11 +63,23 @@ impl Backends {
             async move { hasher.hash(HashRequest { data }).await }
         })
         .await
-        .map_err(UnitError::Hasher)?
-        .into_inner()
-        .digest;
+        .map_err(UnitError::Hasher)?;
+        count_pick("hasher", &digest);
+        let digest = digest.into_inner().digest;
         Ok(is_coin(&digest).then_some(Coin { digest, data }))
     }
+}
+
+/// Counts which replica answered (`dockercoins_picks_total`), from its `x-served-by` metadata.
+fn count_pick<T>(service: &'static str, response: &tonic::Response<T>) {
+    let replica = response
+        .metadata()
+        .get(mesh::grpc::SERVED_BY)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("unknown")
+        .to_string();
+    metrics::counter!("dockercoins_picks_total", "service" => service, "replica" => replica)
+        .increment(1);
 }
 
 /// A digest that starts with `0` is a coin (one in sixteen).

@@ -35,6 +35,10 @@ pub struct Pending {
 impl Tally {
     /// Counts one unit of work, and its coin if it found one.
     pub fn record(&self, coin: Option<Coin>) {
+        metrics::counter!("dockercoins_units_total").increment(1);
+        if coin.is_some() {
+            metrics::counter!("dockercoins_coins_total").increment(1);
+        }
         let mut pending = self.pending.lock().expect("tally lock is never poisoned");
         pending.units += 1;
         if let Some(coin) = coin {
