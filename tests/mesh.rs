@@ -216,3 +216,126 @@ fn metrics_parse_as_prometheus_text_and_agree_with_redis() {
     );
     assert!(served >= 1.0, "webui counted its /json");
 }
+
+/// Generate calls each replica has served so far, from its own /metrics.
+fn generates(replicas: &[Service]) -> Vec<f64> {
+    replicas
+        .iter()
+        .map(|replica| {
+            support::total(
+                &support::scrape(&format!("{}/metrics", replica.url())),
+                "dockercoins_requests_total",
+                &[("route", "/dockercoins.rng.v1.RngService/Generate")],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
+    let redis = Redis::start();
+    let rngs = three_rngs();
+    let hasher = Service::start("hasher", &[]);
+    let env = [
+        ("RNG_ENDPOINT", endpoints(&rngs)),
+        ("WORKER_CONCURRENCY", "10".to_string()),
+    ];
+    let _worker = worker(&rngs[0], &hasher, &redis, &env);
+    eventually(Duration::from_secs(10), "work flowing", || {
+        (redis.hashes() > 20).then_some(())
+    });
+
+    let answer = http()
+        .post(format!("{}/admin/fault", rngs[0].url()))
+        .body(r#"{"delay": "500ms"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let shown: serde_json::Value = http()
+        .get(format!("{}/admin/fault", rngs[0].url()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(shown["delay"], "500ms");
+
+    // Within 10 s, over a sliding window of 3 s, the slow replica serves under a sixth of the calls.
+    let injected = Instant::now();
+    let mut window = std::collections::VecDeque::from([(Instant::now(), generates(&rngs))]);
+    let share = eventually(
+        Duration::from_secs(10),
+        "the slow replica's share to drop",
+        || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = generates(&rngs);
+            window.push_back((Instant::now(), now.clone()));
+            while window
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(3))
+            {
+                window.pop_front();
+            }
+            let (_, old) = window.front()?;
+            let served: Vec<f64> = now.iter().zip(old).map(|(now, old)| now - old).collect();
+            let all: f64 = served.iter().sum();
+            let share = served[0] / all;
+            (all > 20.0 && share < 1.0 / 6.0).then_some(share)
+        },
+    );
+    eprintln!(
+        "slow replica's share {share:.3} after {:?}",
+        injected.elapsed()
+    );
+
+    let refused = http()
+        .post(format!("{}/admin/fault", rngs[0].url()))
+        .body(r#"{"error_rate": 2}"#)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+}
+
+#[test]
+fn a_replica_killed_mid_run_costs_nothing_and_the_rate_recovers() {
+    let redis = Redis::start();
+    let rngs = three_rngs();
+    let hasher = Service::start("hasher", &[]);
+    let env = [
+        ("RNG_ENDPOINT", endpoints(&rngs)),
+        ("WORKER_CONCURRENCY", "10".to_string()),
+        ("WORKER_RPC_TIMEOUT", "1s".to_string()),
+    ];
+    let mut worker = worker(&rngs[0], &hasher, &redis, &env);
+    eventually(Duration::from_secs(10), "work flowing", || {
+        (redis.hashes() > 20).then_some(())
+    });
+
+    // SIGKILL: no NOT_SERVING, no drain; connections just break.
+    rngs[2].process.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    let at_kill = redis.hashes();
+    // Two replicas still serve 20 a second: the rate is back when a second's flushes show it.
+    eventually(Duration::from_secs(10), "the rate to recover", || {
+        let before = redis.hashes();
+        std::thread::sleep(Duration::from_secs(1));
+        let per_second = redis.hashes() - before;
+        (per_second >= 15).then_some(())
+    });
+    let recovered = killed.elapsed();
+    eprintln!(
+        "rate recovered {recovered:?} after the kill ({} hashes since)",
+        redis.hashes() - at_kill
+    );
+    assert!(
+        recovered < Duration::from_secs(3),
+        "recovered after {recovered:?}"
+    );
+
+    let (_, status) = worker.terminate();
+    assert!(status.success());
+    assert_eq!(
+        redis.hashes(),
+        support::logged_units(&worker),
+        "nothing lost"
+    );
+}

@@ -84,11 +84,16 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
 }
 
 /// One port's whole router: `service` (a tonic server) and the HTTP `shim` behind one request
-/// queue of `concurrency` (0 = unlimited), health and reflection outside it, and [`fallback`] for
-/// every other path.
+/// queue of `concurrency` (0 = unlimited) and the injected `fault`, health, reflection, metrics and
+/// the fault switch outside them, and [`fallback`] for every other path.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
-pub async fn router<S>(service: S, shim: axum::Router, concurrency: usize) -> (Health, axum::Router)
+pub async fn router<S>(
+    service: S,
+    shim: axum::Router,
+    concurrency: usize,
+    fault: crate::fault::Fault,
+) -> (Health, axum::Router)
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -107,9 +112,16 @@ where
     let shim = shim.layer(tower::util::option_layer(queue.layer()));
     let app = shim
         .merge(grpc)
+        // Injected faults delay or fail a request before it queues (see `crate::fault`).
+        .route_layer(axum::middleware::from_fn_with_state(
+            fault.clone(),
+            crate::fault::apply,
+        ))
         .route_layer(axum::middleware::from_fn(crate::metrics::record))
-        // Outside the queue and the counts: scraping must not wait behind the workers.
+        // Outside the queue, the faults and the counts: scraping and the fault switch must
+        // answer whatever the workers do.
         .merge(crate::metrics::routes())
+        .merge(fault.routes())
         .fallback(fallback)
         // Outermost: every answer, gRPC (as response metadata) or HTTP, says which replica gave
         // it, so that clients and people can see the load spread.

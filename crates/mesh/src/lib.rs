@@ -8,6 +8,7 @@ pub mod balance;
 pub mod command;
 pub mod config;
 pub mod discovery;
+pub mod fault;
 pub mod forward;
 pub mod grpc;
 pub mod metrics;

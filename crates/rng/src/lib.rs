@@ -39,6 +39,12 @@ pub struct Config {
     /// Largest number of bytes one request may ask for.
     #[arg(long, env = "RNG_MAX_SIZE", default_value_t = 1_048_576)]
     pub max_size: u32,
+    /// Injected delay added to every request, to make this replica slow (see `POST /admin/fault`).
+    #[arg(long, env = "RNG_FAULT_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub fault_delay: Duration,
+    /// Injected share of requests that fail with UNAVAILABLE (or 503), from 0 to 1.
+    #[arg(long, env = "RNG_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::fault::parse_rate)]
+    pub fault_error_rate: f64,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
@@ -153,6 +159,15 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
     )
 }
 
+/// The fault set at start-up (validated by the value parsers, so this cannot fail).
+fn fault(config: &Config) -> mesh::fault::Fault {
+    mesh::fault::Fault::new(mesh::fault::Setting {
+        delay: config.fault_delay,
+        error_rate: config.fault_error_rate,
+    })
+    .expect("the error rate was checked when parsing")
+}
+
 /// gRPC (with health and reflection) and the HTTP shim, on one router.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
@@ -166,7 +181,7 @@ pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rng);
     // One queue for Generate and the shim alike, as in the single-threaded original.
-    mesh::grpc::router(generate, shim, config.concurrency).await
+    mesh::grpc::router(generate, shim, config.concurrency, fault(config)).await
 }
 
 /// Serves rng on `listener` until `shutdown`, reporting NOT_SERVING first.
