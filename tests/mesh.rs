@@ -326,8 +326,9 @@ fn a_replica_killed_mid_run_costs_nothing_and_the_rate_recovers() {
         "rate recovered {recovered:?} after the kill ({} hashes since)",
         redis.hashes() - at_kill
     );
+    // Measured in one-second windows: the second window ends at 2 s (plus polling).
     assert!(
-        recovered < Duration::from_secs(3),
+        recovered < Duration::from_millis(2200),
         "recovered after {recovered:?}"
     );
 
