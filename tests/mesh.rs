@@ -24,28 +24,6 @@ fn endpoints(replicas: &[Service]) -> String {
         .join(",")
 }
 
-/// Hashes per second in Redis, between two flushes at least `span` apart.
-fn rate(redis: &Redis, span: Duration) -> f64 {
-    let mut connection = redis.connection();
-    let mut next = |after: u64| {
-        eventually(Duration::from_secs(10), "the next flush", || {
-            let hashes: Option<u64> = redis::cmd("GET")
-                .arg("hashes")
-                .query(&mut connection)
-                .ok()?;
-            let hashes = hashes.unwrap_or(0);
-            (hashes > after).then(|| (Instant::now(), hashes))
-        })
-    };
-    let (_, warm) = next(redis.hashes());
-    let (start, first) = next(warm);
-    let mut end = next(first);
-    while end.0 - start < span {
-        end = next(end.1);
-    }
-    (end.1 - first) as f64 / (end.0 - start).as_secs_f64()
-}
-
 #[test]
 fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
     let redis = Redis::start();
@@ -60,10 +38,10 @@ fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
     };
 
     let mut spread = worker(&rngs[0], &hasher, &redis, &env("p2c"));
-    let p2c = rate(&redis, Duration::from_secs(10));
+    let p2c = redis.rate(Duration::from_secs(10));
     spread.terminate();
     let _pinned = worker(&rngs[0], &hasher, &redis, &env("pick_first"));
-    let pick_first = rate(&redis, Duration::from_secs(10));
+    let pick_first = redis.rate(Duration::from_secs(10));
     eprintln!(
         "10 units, 3 rng replicas: p2c {p2c:.2} hashes/s, pick_first {pick_first:.2} hashes/s"
     );

@@ -71,37 +71,15 @@ fn mines_coins_into_redis_and_the_webui_reports_them() {
     assert!((json["now"].as_f64().unwrap() - now).abs() < 5.0, "{json}");
 }
 
-/// Waits for `hashes` to change and returns when (the worker flushes once a second).
-fn next_flush(redis: &Redis, after: u64) -> (Instant, u64) {
-    let mut connection = redis.connection();
-    eventually(Duration::from_secs(10), "the next flush", || {
-        let hashes: Option<u64> = redis::cmd("GET")
-            .arg("hashes")
-            .query(&mut connection)
-            .ok()?;
-        let hashes = hashes.unwrap_or(0);
-        (hashes > after).then(|| (Instant::now(), hashes))
-    })
-}
-
 #[test]
 fn one_worker_with_the_defaults_makes_3_33_hashes_per_second() {
     let redis = Redis::start();
     let (rng, hasher) = backends(&[]);
     let _worker = worker(&rng, &hasher, &redis, &[]);
 
-    // Measure between two flushes at least 10 s apart, so that the one-second batching cancels.
-    let (_, warm) = next_flush(&redis, 0);
-    let (start, first) = next_flush(&redis, warm);
-    let mut last = next_flush(&redis, first);
-    while last.0 - start < Duration::from_secs(10) {
-        last = next_flush(&redis, last.1);
-    }
-    let rate = (last.1 - first) as f64 / (last.0 - start).as_secs_f64();
-    eprintln!(
-        "one worker, default delays: {rate:.3} hashes/s over {:?}",
-        last.0 - start
-    );
+    // Measured from flush to flush over at least 10 s, so that the one-second batching cancels.
+    let rate = redis.rate(Duration::from_secs(10));
+    eprintln!("one worker, default delays: {rate:.3} hashes/s");
     assert!(
         (rate - 10.0 / 3.0).abs() <= 10.0 / 3.0 * 0.10,
         "{rate:.3} hashes/s is not 3.33 ± 10%"
@@ -114,7 +92,7 @@ fn no_unit_is_lost_or_doubled_when_redis_is_killed_and_restarted() {
     let (rng, hasher) = backends(&quick());
     let mut worker = worker(&rng, &hasher, &redis, &quick());
 
-    let before = next_flush(&redis, 0).1;
+    let before = redis.next_flush(0).1;
     redis.kill();
     // Three failed flushes: three seconds of work done while Redis is away.
     eventually(Duration::from_secs(10), "three failed flushes", || {
@@ -126,7 +104,7 @@ fn no_unit_is_lost_or_doubled_when_redis_is_killed_and_restarted() {
         (failed >= 3).then_some(())
     });
     redis.restart();
-    next_flush(&redis, before);
+    redis.next_flush(before);
     let (took, status) = worker.terminate();
     assert!(status.success(), "worker exit status {status}");
     assert!(
@@ -165,7 +143,7 @@ fn the_worker_survives_a_missing_and_a_frozen_backend() {
     rng_env.push(("RNG_LISTEN", format!("127.0.0.1:{rng_port}")));
     let rng = Process::spawn("rng", &support::workspace_binary("rng"), &[], &rng_env);
     rng.wait_for_log("listening", Duration::from_secs(10));
-    let resumed = next_flush(&redis, 0).1;
+    let resumed = redis.next_flush(0).1;
 
     // hasher frozen: calls hit their deadline, the worker waits it out and resumes.
     hasher.process.signal(Signal::SIGSTOP);
@@ -189,7 +167,7 @@ fn the_worker_survives_a_missing_and_a_frozen_backend() {
     assert!(worker.is_running());
     hasher.process.signal(Signal::SIGCONT);
     let frozen_at = redis.hashes();
-    next_flush(&redis, frozen_at.max(resumed));
+    redis.next_flush(frozen_at.max(resumed));
     let (took, _) = worker.terminate();
     assert!(
         took < Duration::from_secs(1),
@@ -204,7 +182,7 @@ fn every_service_exits_within_a_second_of_sigterm() {
     let (mut rng, mut hasher) = backends(&[]);
     let mut worker = worker(&rng, &hasher, &redis, &[("WORKER_CONCURRENCY", "4".into())]);
     let mut webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
-    next_flush(&redis, 0);
+    redis.next_flush(0);
 
     let (took, status) = worker.terminate();
     assert!(took < Duration::from_secs(1), "worker took {took:?}");

@@ -278,6 +278,32 @@ impl Redis {
         })
     }
 
+    /// Waits for `hashes` to go past `after` (the worker flushes once a second), and returns
+    /// when and to what.
+    pub fn next_flush(&self, after: u64) -> (Instant, u64) {
+        let mut connection = self.connection();
+        eventually(Duration::from_secs(10), "the next flush", || {
+            let hashes: Option<u64> = redis::cmd("GET")
+                .arg("hashes")
+                .query(&mut connection)
+                .ok()?;
+            let hashes = hashes.unwrap_or(0);
+            (hashes > after).then(|| (Instant::now(), hashes))
+        })
+    }
+
+    /// Hashes per second, between two flushes at least `span` apart, after one flush of warm-up:
+    /// measured from flush to flush, the one-second batching cancels out.
+    pub fn rate(&self, span: Duration) -> f64 {
+        let (_, warm) = self.next_flush(self.hashes());
+        let (start, first) = self.next_flush(warm);
+        let mut end = self.next_flush(first);
+        while end.0 - start < span {
+            end = self.next_flush(end.1);
+        }
+        (end.1 - first) as f64 / (end.0 - start).as_secs_f64()
+    }
+
     /// `GET hashes` as a number, 0 when missing.
     pub fn hashes(&self) -> u64 {
         let value: Option<u64> = redis::cmd("GET")

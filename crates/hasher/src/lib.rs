@@ -138,15 +138,6 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
     )
 }
 
-/// The fault set at start-up (validated by the value parsers, so this cannot fail).
-fn fault(config: &Config) -> mesh::fault::Fault {
-    mesh::fault::Fault::new(mesh::fault::Setting {
-        delay: config.fault_delay,
-        error_rate: config.fault_error_rate,
-    })
-    .expect("the error rate was checked when parsing")
-}
-
 /// gRPC (with health and reflection) and the HTTP shim, on one router.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
@@ -161,7 +152,8 @@ pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
         // A larger body gets 413 before it is read into memory.
         .layer(DefaultBodyLimit::max(config.max_body))
         .with_state(hasher);
-    mesh::grpc::router(hash, shim, config.concurrency, fault(config)).await
+    let fault = mesh::fault::Fault::at_start(config.fault_delay, config.fault_error_rate);
+    mesh::grpc::router(hash, shim, config.concurrency, fault).await
 }
 
 /// Serves hasher on `listener` until `shutdown`, reporting NOT_SERVING first.

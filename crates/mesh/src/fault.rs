@@ -53,6 +53,12 @@ impl Fault {
         })
     }
 
+    /// The fault a service's configuration sets, its error rate already checked by
+    /// [`parse_rate`].
+    pub fn at_start(delay: Duration, error_rate: f64) -> Self {
+        Self::new(Setting { delay, error_rate }).expect("the error rate was checked when parsing")
+    }
+
     pub fn get(&self) -> Setting {
         *self
             .setting

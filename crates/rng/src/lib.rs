@@ -159,15 +159,6 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
     )
 }
 
-/// The fault set at start-up (validated by the value parsers, so this cannot fail).
-fn fault(config: &Config) -> mesh::fault::Fault {
-    mesh::fault::Fault::new(mesh::fault::Setting {
-        delay: config.fault_delay,
-        error_rate: config.fault_error_rate,
-    })
-    .expect("the error rate was checked when parsing")
-}
-
 /// gRPC (with health and reflection) and the HTTP shim, on one router.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
@@ -181,7 +172,8 @@ pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rng);
     // One queue for Generate and the shim alike, as in the single-threaded original.
-    mesh::grpc::router(generate, shim, config.concurrency, fault(config)).await
+    let fault = mesh::fault::Fault::at_start(config.fault_delay, config.fault_error_rate);
+    mesh::grpc::router(generate, shim, config.concurrency, fault).await
 }
 
 /// Serves rng on `listener` until `shutdown`, reporting NOT_SERVING first.
