@@ -318,3 +318,29 @@ fn a_replica_killed_mid_run_costs_nothing_and_the_rate_recovers() {
         "nothing lost"
     );
 }
+
+#[test]
+fn a_units_trace_id_shows_in_the_logs_of_rng_and_hasher() {
+    let debug = ("RUST_LOG", "debug,h2=info,hyper=info".to_string());
+    let redis = Redis::start();
+    let rng = Service::start("rng", &[debug.clone(), ("RNG_DELAY", "5ms".to_string())]);
+    let hasher = Service::start(
+        "hasher",
+        &[debug.clone(), ("HASHER_DELAY", "5ms".to_string())],
+    );
+    let worker = worker(&rng, &hasher, &redis, &[debug]);
+    let line = worker.wait_for_log("unit of work trace_id=", Duration::from_secs(10));
+    let trace_id = line
+        .split("trace_id=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert_eq!(trace_id.len(), 32, "{line}");
+    for service in [&rng, &hasher] {
+        service
+            .process
+            .wait_for_log(&format!("trace_id=\"{trace_id}\""), Duration::from_secs(10));
+    }
+}

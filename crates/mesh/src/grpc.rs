@@ -123,6 +123,11 @@ where
         .merge(crate::metrics::routes())
         .merge(fault.routes())
         .fallback(fallback)
+        // A debug span per request, with the caller's trace id (see `crate::trace`).
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(crate::trace::request_span),
+        )
         // Outermost: every answer, gRPC (as response metadata) or HTTP, says which replica gave
         // it, so that clients and people can see the load spread.
         .layer(SetResponseHeaderLayer::overriding(

@@ -18,6 +18,7 @@ pub mod redis;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use command::Command;
 pub use serve::serve;

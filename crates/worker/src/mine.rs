@@ -16,6 +16,7 @@ use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
 use dockercoins::rng::v1::GenerateRequest;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
 use mesh::balance::Balanced;
+use mesh::trace::TraceContext;
 use tracing::{info, warn};
 
 use crate::retry::with_retries;
@@ -47,9 +48,13 @@ pub struct Backends {
 impl Backends {
     /// Does one unit of work; returns the coin it found, if any.
     pub async fn mine(&mut self) -> Result<Option<Coin>, UnitError> {
+        // One trace per unit: both calls carry it, so rng's and hasher's logs show the unit.
+        let trace = TraceContext::new();
+        tracing::debug!(trace_id = %trace.trace_id(), "unit of work");
         let data = with_retries(&self.retries, || {
             let mut rng = self.rng.clone();
-            async move { rng.generate(GenerateRequest { size: RANDOM_BYTES }).await }
+            let request = traced(GenerateRequest { size: RANDOM_BYTES }, &trace);
+            async move { rng.generate(request).await }
         })
         .await
         .map_err(UnitError::Rng)?;
@@ -59,8 +64,9 @@ impl Backends {
             return Err(UnitError::ShortRead(data.len()));
         }
         let digest = with_retries(&self.retries, || {
-            let (mut hasher, data) = (self.hasher.clone(), data.clone());
-            async move { hasher.hash(HashRequest { data }).await }
+            let mut hasher = self.hasher.clone();
+            let request = traced(HashRequest { data: data.clone() }, &trace);
+            async move { hasher.hash(request).await }
         })
         .await
         .map_err(UnitError::Hasher)?;
@@ -68,6 +74,18 @@ impl Backends {
         let digest = digest.into_inner().digest;
         Ok(is_coin(&digest).then_some(Coin { digest, data }))
     }
+}
+
+/// A request carrying a new span of `trace` in its `traceparent` metadata.
+fn traced<T>(message: T, trace: &TraceContext) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let header = trace.child().header();
+    if let Ok(value) = header.parse() {
+        request
+            .metadata_mut()
+            .insert(mesh::trace::TRACEPARENT, value);
+    }
+    request
 }
 
 /// Counts which replica answered (`dockercoins_picks_total`), from its `x-served-by` metadata.
