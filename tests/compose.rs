@@ -237,7 +237,16 @@ fn the_workshop_walkthrough_on_docker_compose() {
     project.wait_healthy("rng", 3, Duration::from_secs(60));
     assert!(httping_average("127.0.0.1:8001") > 0.0);
     // The workers find the new replicas through Docker's DNS (re-resolved every 5 s) and spread
-    // their calls: three rng replicas serve about three times as much.
+    // their calls: three rng replicas serve about three times as much. Each worker logs
+    // "replica serving" once per replica it balances over (three rng, one hasher).
+    eventually(
+        Duration::from_secs(30),
+        "every worker balancing over 3 rng replicas",
+        || {
+            let logs = project.compose(&["logs", "--no-color", "worker"]);
+            (logs.matches("replica serving").count() >= 10 * 4).then_some(())
+        },
+    );
     let speed = measure_speed();
     eprintln!("10 workers, 3 rng replicas: {speed:.2} hashes/s");
     assert!(
