@@ -24,6 +24,38 @@ fn endpoints(replicas: &[Service]) -> String {
         .join(",")
 }
 
+/// Redis, three rng replicas, a hasher (default delays) and one worker with ten units in flight
+/// balancing over the replicas, once work flows.
+struct ThreeReplicas {
+    redis: Redis,
+    rngs: Vec<Service>,
+    _hasher: Service,
+    worker: support::Process,
+}
+
+impl ThreeReplicas {
+    fn start(extra: &[(&'static str, String)]) -> Self {
+        let redis = Redis::start();
+        let rngs = three_rngs();
+        let hasher = Service::start("hasher", &[]);
+        let mut env = vec![
+            ("RNG_ENDPOINT", endpoints(&rngs)),
+            ("WORKER_CONCURRENCY", "10".to_string()),
+        ];
+        env.extend_from_slice(extra);
+        let worker = worker(&rngs[0], &hasher, &redis, &env);
+        eventually(Duration::from_secs(10), "work flowing", || {
+            (redis.hashes() > 20).then_some(())
+        });
+        Self {
+            redis,
+            rngs,
+            _hasher: hasher,
+            worker,
+        }
+    }
+}
+
 #[test]
 fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
     let redis = Redis::start();
@@ -53,14 +85,9 @@ fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
 
 #[test]
 fn sigterm_to_one_replica_fails_no_call_at_the_worker() {
-    let redis = Redis::start();
-    let mut rngs = three_rngs();
-    let hasher = Service::start("hasher", &[]);
-    let env = [
-        ("RNG_ENDPOINT", endpoints(&rngs)),
-        ("WORKER_CONCURRENCY", "10".to_string()),
-    ];
-    let worker = worker(&rngs[0], &hasher, &redis, &env);
+    // Bound whole: a destructuring with `..` would drop (and kill) the fields it leaves out.
+    let mut mesh = ThreeReplicas::start(&[]);
+    let (redis, worker) = (&mesh.redis, &mesh.worker);
     eventually(Duration::from_secs(10), "three replicas serving", || {
         let serving = worker
             .log()
@@ -74,7 +101,7 @@ fn sigterm_to_one_replica_fails_no_call_at_the_worker() {
         (redis.hashes() > before + 20).then_some(())
     });
 
-    let (took, status) = rngs[1].process.terminate();
+    let (took, status) = mesh.rngs[1].process.terminate();
     assert!(
         status.success() && took < Duration::from_secs(1),
         "{status} after {took:?}"
@@ -92,7 +119,6 @@ fn sigterm_to_one_replica_fails_no_call_at_the_worker() {
         .filter(|line| line.contains("unit of work failed"))
         .collect();
     assert!(failures.is_empty(), "calls failed: {failures:?}");
-    drop(rngs);
 }
 
 #[test]
@@ -211,17 +237,8 @@ fn generates(replicas: &[Service]) -> Vec<f64> {
 
 #[test]
 fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
-    let redis = Redis::start();
-    let rngs = three_rngs();
-    let hasher = Service::start("hasher", &[]);
-    let env = [
-        ("RNG_ENDPOINT", endpoints(&rngs)),
-        ("WORKER_CONCURRENCY", "10".to_string()),
-    ];
-    let _worker = worker(&rngs[0], &hasher, &redis, &env);
-    eventually(Duration::from_secs(10), "work flowing", || {
-        (redis.hashes() > 20).then_some(())
-    });
+    let mesh = ThreeReplicas::start(&[]);
+    let rngs = &mesh.rngs;
 
     let answer = http()
         .post(format!("{}/admin/fault", rngs[0].url()))
@@ -239,13 +256,13 @@ fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
 
     // Within 10 s, over a sliding window of 3 s, the slow replica serves under a sixth of the calls.
     let injected = Instant::now();
-    let mut window = std::collections::VecDeque::from([(Instant::now(), generates(&rngs))]);
+    let mut window = std::collections::VecDeque::from([(Instant::now(), generates(rngs))]);
     let share = eventually(
         Duration::from_secs(10),
         "the slow replica's share to drop",
         || {
             std::thread::sleep(Duration::from_millis(500));
-            let now = generates(&rngs);
+            let now = generates(rngs);
             window.push_back((Instant::now(), now.clone()));
             while window
                 .front()
@@ -275,34 +292,25 @@ fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
 
 #[test]
 fn a_replica_killed_mid_run_costs_nothing_and_the_rate_recovers() {
-    let redis = Redis::start();
-    let rngs = three_rngs();
-    let hasher = Service::start("hasher", &[]);
-    let env = [
-        ("RNG_ENDPOINT", endpoints(&rngs)),
-        ("WORKER_CONCURRENCY", "10".to_string()),
-        ("WORKER_RPC_TIMEOUT", "1s".to_string()),
-    ];
-    let mut worker = worker(&rngs[0], &hasher, &redis, &env);
-    eventually(Duration::from_secs(10), "work flowing", || {
-        (redis.hashes() > 20).then_some(())
-    });
+    let mut mesh = ThreeReplicas::start(&[("WORKER_RPC_TIMEOUT", "1s".to_string())]);
 
     // SIGKILL: no NOT_SERVING, no drain; connections just break.
-    rngs[2].process.signal(nix::sys::signal::Signal::SIGKILL);
+    mesh.rngs[2]
+        .process
+        .signal(nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();
-    let at_kill = redis.hashes();
+    let at_kill = mesh.redis.hashes();
     // Two replicas still serve 20 a second: the rate is back when a second's flushes show it.
     eventually(Duration::from_secs(10), "the rate to recover", || {
-        let before = redis.hashes();
+        let before = mesh.redis.hashes();
         std::thread::sleep(Duration::from_secs(1));
-        let per_second = redis.hashes() - before;
+        let per_second = mesh.redis.hashes() - before;
         (per_second >= 15).then_some(())
     });
     let recovered = killed.elapsed();
     eprintln!(
         "rate recovered {recovered:?} after the kill ({} hashes since)",
-        redis.hashes() - at_kill
+        mesh.redis.hashes() - at_kill
     );
     // Measured in one-second windows: the second window ends at 2 s (plus polling).
     assert!(
@@ -310,11 +318,11 @@ fn a_replica_killed_mid_run_costs_nothing_and_the_rate_recovers() {
         "recovered after {recovered:?}"
     );
 
-    let (_, status) = worker.terminate();
+    let (_, status) = mesh.worker.terminate();
     assert!(status.success());
     assert_eq!(
-        redis.hashes(),
-        support::logged_units(&worker),
+        mesh.redis.hashes(),
+        support::logged_units(&mesh.worker),
         "nothing lost"
     );
 }
