@@ -1,0 +1,16 @@
+//! The DockerCoins benchmark (issue 6): one command that measures the stack flat out.
+//!
+//! `scripts/bench` builds the release binaries and runs [`run::run`]: redis-server and the four
+//! services on loopback with every delay `0s` and no request queue, then the turbo pipeline's
+//! hashes/s in Redis for a sweep of worker concurrency, the HTTP shims and `/json` under wrk, the
+//! gRPC unary calls under this crate's own load generator ([`grpc_load`], tonic with an HDR
+//! histogram), memory, sizes and SIGTERM times. [`report`] writes the results as JSON and
+//! markdown. The load generator also runs alone (`bench grpc`), which is handy under a profiler.
+
+pub mod grpc_load;
+pub mod machine;
+pub mod process;
+pub mod report;
+pub mod run;
+pub mod turbo;
+pub mod wrk;

@@ -1,0 +1,76 @@
+//! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building), or
+//! `bench grpc` to put one gRPC load on a running rng or hasher, e.g. while profiling it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bench::grpc_load::{self, Load, Rpc};
+use bench::report;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "DockerCoins benchmark harness (see scripts/bench)"
+)]
+enum Command {
+    /// Start the stack flat out on loopback, measure it, write target/bench/results.json.
+    Run(bench::run::Options),
+    /// Call rng Generate or hasher Hash from N streams; print what was measured as JSON.
+    Grpc(GrpcArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GrpcArgs {
+    /// `http://127.0.0.1:8001`
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum)]
+    rpc: Rpc,
+    #[arg(long, default_value_t = 64)]
+    streams: usize,
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Tokio worker threads (1 = current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    window: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Command::parse() {
+        Command::Run(options) => {
+            let results = bench::run::run(&options)?;
+            let json = serde_json::to_string_pretty(&results.to_json())?;
+            let markdown = results.markdown();
+            let out = &options.out_dir;
+            std::fs::write(out.join("results.json"), json + "\n")?;
+            std::fs::write(out.join("results.md"), &markdown)?;
+            println!("{markdown}");
+            eprintln!("bench: wrote {}", out.join("results.json").display());
+            if !options.quick {
+                report::update_docs(&options.docs, &markdown)
+                    .with_context(|| format!("update {}", options.docs.display()))?;
+                eprintln!("bench: updated {}", options.docs.display());
+            }
+        }
+        Command::Grpc(args) => {
+            let load = Load {
+                rpc: args.rpc,
+                url: args.url,
+                streams: args.streams,
+                connections: args.connections.min(args.streams),
+                threads: args.threads,
+                warmup: args.warmup,
+                window: args.window,
+            };
+            let report = grpc_load::measure(&load, Arc::default())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,586 @@
+//! One benchmark run, start to end: the stack flat out on loopback, each measurement after a
+//! warm-up, then memory, sizes and SIGTERM times.
+//!
+//! The order matters on two shared cores: every measurement runs alone (nothing else loads the
+//! stack meanwhile), idle memory is read before any load, and the SIGTERM times come last since
+//! they end the services. Quick mode runs the same steps with short windows and a shorter sweep,
+//! so CI keeps the whole harness working in well under a minute.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+
+use crate::grpc_load::{self, Load, Progress, Rpc};
+use crate::machine::Machine;
+use crate::process::{self, Running};
+use crate::report::{Measurement, Results, SERVICES, ServiceFacts, TurboStep};
+use crate::turbo::{self, Counter};
+use crate::wrk;
+
+/// What to run, from the command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Short windows and a short sweep: a few seconds per measurement (what CI runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the four release binaries are.
+    #[arg(long, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+    /// Where results.json, results.md and the processes' logs go.
+    #[arg(long, default_value = "target/bench")]
+    pub out_dir: PathBuf,
+    /// The document whose generated block a full run rewrites (quick runs never do).
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    pub docs: PathBuf,
+    /// Fail when an image `dockercoins/<service>:latest` is missing (full runs build them first).
+    #[arg(long)]
+    pub require_images: bool,
+    /// HTTP/2 connections the 64 gRPC streams share.
+    #[arg(long, default_value_t = 2)]
+    pub grpc_connections: usize,
+    /// Tokio worker threads of the gRPC load generator (1 = current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    /// Before measuring, wait up to this long for the machine to be quiet (default: 0s with
+    /// --quick, 5m otherwise); the run goes ahead anyway, and the report says how busy it was.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait_quiet: Option<Duration>,
+}
+
+/// How long each part runs.
+struct Plan {
+    warmup: Duration,
+    window: Duration,
+    sweep: Vec<u32>,
+    turbo_warmup: Duration,
+    turbo_window: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                warmup: Duration::from_secs(1),
+                window: Duration::from_secs(2),
+                sweep: vec![1, 64],
+                turbo_warmup: Duration::from_millis(1500),
+                turbo_window: Duration::from_secs(2),
+            }
+        } else {
+            Self {
+                warmup: Duration::from_secs(3),
+                window: Duration::from_secs(10),
+                sweep: vec![1, 8, 64, 256],
+                turbo_warmup: Duration::from_secs(3),
+                turbo_window: Duration::from_secs(8),
+            }
+        }
+    }
+}
+
+/// The gRPC stream counts issue 6 asks for.
+const STREAMS: [usize; 2] = [1, 64];
+/// How long a service has been idle when its idle memory is read.
+const IDLE_SETTLE: Duration = Duration::from_millis(300);
+/// How long a load runs before the SIGTERM it is there to resist.
+const LOAD_BEFORE_SIGTERM: Duration = Duration::from_millis(500);
+/// Busy below this (% of one core, every core summed) counts as quiet.
+const QUIET_PERCENT: f64 = 20.0;
+/// The 32-byte body the hasher shim is sent (what the worker sends over gRPC).
+const BODY: &str = "0123456789abcdef0123456789abcdef";
+
+/// redis-server and the three servers of the stack, flat out, on loopback.
+struct Stack {
+    redis: Running,
+    redis_url: String,
+    rng: Running,
+    rng_addr: SocketAddr,
+    hasher: Running,
+    hasher_addr: SocketAddr,
+    webui: Running,
+    webui_addr: SocketAddr,
+}
+
+impl Stack {
+    fn start(options: &Options, logs: &Path) -> anyhow::Result<Self> {
+        let port = process::free_port()?;
+        // Counters only, no persistence: as in docker-compose.yml.
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(str::to_string);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut redis = Running::spawn("redis", Path::new("redis-server"), &args, &[], logs)
+            .context("start redis-server (scripts/install-prereqs installs it)")?;
+        redis.wait_for_log("Ready to accept connections")?;
+        let redis_url = format!("redis://127.0.0.1:{port}");
+
+        let service =
+            |name: &str, env: &[(&str, String)]| -> anyhow::Result<(Running, SocketAddr)> {
+                let listen = format!("{}_LISTEN", name.to_uppercase());
+                let mut env = env.to_vec();
+                env.push((&listen, "127.0.0.1:0".into()));
+                let mut running = Running::spawn(name, &binary(options, name), &[], &env, logs)?;
+                let addr = running.listening_addr()?;
+                Ok((running, addr))
+            };
+        let (rng, rng_addr) = service(
+            "rng",
+            &[("RNG_DELAY", "0s".into()), ("RNG_CONCURRENCY", "0".into())],
+        )?;
+        let (hasher, hasher_addr) = service(
+            "hasher",
+            &[
+                ("HASHER_DELAY", "0s".into()),
+                ("HASHER_CONCURRENCY", "0".into()),
+            ],
+        )?;
+        let (webui, webui_addr) = service("webui", &[("REDIS_URL", redis_url.clone())])?;
+        Ok(Self {
+            redis,
+            redis_url,
+            rng,
+            rng_addr,
+            hasher,
+            hasher_addr,
+            webui,
+            webui_addr,
+        })
+    }
+
+    /// The processes whose CPU time each measurement accounts for.
+    fn processes(&self) -> Vec<&Running> {
+        vec![&self.rng, &self.hasher, &self.webui, &self.redis]
+    }
+
+    /// A worker, flat out, with `concurrency` units in flight (`delay` between units).
+    fn worker(
+        &self,
+        options: &Options,
+        logs: &Path,
+        concurrency: u32,
+        delay: &str,
+    ) -> anyhow::Result<Running> {
+        let env = [
+            ("RNG_ENDPOINT", format!("http://{}", self.rng_addr)),
+            ("HASHER_ENDPOINT", format!("http://{}", self.hasher_addr)),
+            ("REDIS_URL", self.redis_url.clone()),
+            ("WORKER_DELAY", delay.to_string()),
+            ("WORKER_CONCURRENCY", concurrency.to_string()),
+            ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ];
+        let name = format!("worker-{concurrency}");
+        let mut worker = Running::spawn(&name, &binary(options, "worker"), &[], &env, logs)?;
+        worker.wait_for_log("worker starting")?;
+        worker.listening_addr()?;
+        Ok(worker)
+    }
+}
+
+fn binary(options: &Options, name: &str) -> PathBuf {
+    options.bin_dir.join(name)
+}
+
+/// CPU time of a set of processes and of the whole machine, from one instant to another.
+struct CpuWatch {
+    processes: Vec<(String, Duration)>,
+    machine: Duration,
+    at: Instant,
+}
+
+impl CpuWatch {
+    fn start(processes: &[&Running]) -> anyhow::Result<Self> {
+        Ok(Self {
+            processes: processes
+                .iter()
+                .map(|p| Ok((short_name(&p.name), p.cpu()?)))
+                .collect::<anyhow::Result<_>>()?,
+            machine: process::machine_busy()?,
+            at: Instant::now(),
+        })
+    }
+
+    /// Each process's share of one core since the start (100 = one core), and `other`: what the
+    /// machine spent besides them (the load tool, and anything else running).
+    fn stop(self, processes: &[&Running]) -> anyhow::Result<BTreeMap<String, f64>> {
+        let elapsed = self.at.elapsed().as_secs_f64();
+        let machine = (process::machine_busy()? - self.machine).as_secs_f64();
+        let mut shares = BTreeMap::new();
+        let mut accounted = 0.0;
+        for (process, (name, before)) in processes.iter().zip(&self.processes) {
+            let used = (process.cpu()?.saturating_sub(*before)).as_secs_f64();
+            accounted += used;
+            shares.insert(name.clone(), (used / elapsed * 100.0).round());
+        }
+        shares.insert(
+            "other".into(),
+            ((machine - accounted).max(0.0) / elapsed * 100.0).round(),
+        );
+        Ok(shares)
+    }
+}
+
+/// `worker-64` → `worker`.
+fn short_name(name: &str) -> String {
+    name.split('-').next().unwrap_or(name).to_string()
+}
+
+/// Runs every measurement and returns the results.
+pub fn run(options: &Options) -> anyhow::Result<Results> {
+    let plan = Plan::new(options.quick);
+    let logs = options.out_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let mut machine = Machine::describe();
+    let wait = options.wait_quiet.unwrap_or(if options.quick {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(300)
+    });
+    machine.busy_at_start_percent = wait_for_quiet(wait)?;
+    let started = Instant::now();
+    let mut services: BTreeMap<String, ServiceFacts> = SERVICES
+        .iter()
+        .map(|name| (name.to_string(), ServiceFacts::default()))
+        .collect();
+    for (name, facts) in &mut services {
+        let path = binary(options, name);
+        let bytes = std::fs::metadata(&path)
+            .with_context(|| format!("{} is not built", path.display()))?
+            .len();
+        facts.binary_mib = bytes as f64 / 1024.0 / 1024.0;
+        facts.image_mb = image_mb(name);
+        if options.require_images && facts.image_mb.is_none() {
+            bail!("image dockercoins/{name}:latest is not built");
+        }
+    }
+
+    let mut stack = Stack::start(options, &logs)?;
+    eprintln!(
+        "bench: stack up (rng {}, hasher {}, webui {}, {})",
+        stack.rng_addr, stack.hasher_addr, stack.webui_addr, stack.redis_url
+    );
+
+    // Idle memory, before any load.
+    std::thread::sleep(IDLE_SETTLE);
+    for (name, process) in [
+        ("rng", &stack.rng),
+        ("hasher", &stack.hasher),
+        ("webui", &stack.webui),
+    ] {
+        services.get_mut(name).expect("a service").rss_idle_mib = process.memory()?.rss_mib();
+    }
+    {
+        // A worker connected to everything but pausing an hour before its first unit.
+        let mut worker = stack.worker(options, &logs, 1, "1h")?;
+        std::thread::sleep(IDLE_SETTLE);
+        services.get_mut("worker").expect("a service").rss_idle_mib = worker.memory()?.rss_mib();
+        worker.terminate()?;
+    }
+
+    let mut measurements = Vec::new();
+    let script = options.out_dir.join("post32.lua");
+    std::fs::write(&script, wrk::post_script(BODY))?;
+    let rng_url = format!("http://{}", stack.rng_addr);
+    let hasher_url = format!("http://{}", stack.hasher_addr);
+    measurements.push(wrk_measure(
+        &stack,
+        &plan,
+        "rng_http",
+        "rng HTTP shim, GET /32",
+        &format!("{rng_url}/32"),
+        None,
+    )?);
+    measurements.push(wrk_measure(
+        &stack,
+        &plan,
+        "hasher_http",
+        "hasher HTTP shim, POST 32 bytes",
+        &format!("{hasher_url}/"),
+        Some(&script),
+    )?);
+    for (rpc, url, service) in [
+        (Rpc::Rng, &rng_url, "rng gRPC Generate(32)"),
+        (Rpc::Hasher, &hasher_url, "hasher gRPC Hash(32 bytes)"),
+    ] {
+        for streams in STREAMS {
+            let name = format!("{rpc:?}").to_lowercase();
+            let key = match streams {
+                1 => format!("{name}_grpc_1_stream"),
+                _ => format!("{name}_grpc"),
+            };
+            let load = Load {
+                rpc,
+                url: url.clone(),
+                streams,
+                connections: options.grpc_connections.min(streams),
+                threads: options.client_threads,
+                warmup: plan.warmup,
+                window: plan.window,
+            };
+            measurements.push(grpc_measure(&stack, &key, service, &load)?);
+        }
+    }
+
+    let mut turbo = Vec::new();
+    for &concurrency in &plan.sweep {
+        let step = turbo_step(&stack, options, &logs, &plan, concurrency)?;
+        eprintln!(
+            "bench: turbo, {concurrency} in flight: {:.0} hashes/s",
+            step.hashes_per_s
+        );
+        turbo.push(step);
+    }
+    {
+        let worker = services.get_mut("worker").expect("a service");
+        worker.rss_load_mib = turbo
+            .iter()
+            .map(|s| s.worker_peak_rss_mib)
+            .fold(0.0, f64::max);
+        worker.sigterm_exit_ms = turbo.iter().map(|s| s.sigterm_exit_ms).fold(0.0, f64::max);
+    }
+
+    measurements.push(wrk_measure(
+        &stack,
+        &plan,
+        "webui_json",
+        "webui GET /json",
+        &format!("http://{}/json", stack.webui_addr),
+        None,
+    )?);
+
+    for (name, process) in [
+        ("rng", &stack.rng),
+        ("hasher", &stack.hasher),
+        ("webui", &stack.webui),
+    ] {
+        services.get_mut(name).expect("a service").rss_load_mib = process.memory()?.peak_mib();
+    }
+
+    // Last, since it ends them: each service's exit on SIGTERM, under load.
+    let webui_url = format!("http://{}/json", stack.webui_addr);
+    services
+        .get_mut("webui")
+        .expect("a service")
+        .sigterm_exit_ms = terminate_under_wrk(&mut stack.webui, &webui_url, &logs)?;
+    for (rpc, url, process, name) in [
+        (Rpc::Rng, &rng_url, &mut stack.rng, "rng"),
+        (Rpc::Hasher, &hasher_url, &mut stack.hasher, "hasher"),
+    ] {
+        services.get_mut(name).expect("a service").sigterm_exit_ms =
+            terminate_under_grpc(process, rpc, url, options)?;
+    }
+    stack.redis.terminate()?;
+
+    Ok(Results {
+        quick: options.quick,
+        machine,
+        measurements,
+        turbo,
+        services,
+        duration_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Waits until the machine spent less than [`QUIET_PERCENT`] of a core busy over one second, or
+/// `patience` passed; returns the last second's busy percentage.
+fn wait_for_quiet(patience: Duration) -> anyhow::Result<f64> {
+    let give_up = Instant::now() + patience;
+    loop {
+        let before = process::machine_busy()?;
+        let at = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = (process::machine_busy()? - before).as_secs_f64() / at.elapsed().as_secs_f64();
+        let percent = (busy * 100.0).round();
+        if percent < QUIET_PERCENT || Instant::now() >= give_up {
+            if percent >= QUIET_PERCENT && !patience.is_zero() {
+                eprintln!("bench: the machine is still {percent}% busy; measuring anyway");
+            }
+            return Ok(percent);
+        }
+        eprintln!("bench: the machine is {percent}% busy; waiting for it to be quiet");
+    }
+}
+
+/// `wrk -t2 -c16 --latency` on `url`: a warm-up run, then the measured one.
+fn wrk_measure(
+    stack: &Stack,
+    plan: &Plan,
+    key: &str,
+    what: &str,
+    url: &str,
+    script: Option<&Path>,
+) -> anyhow::Result<Measurement> {
+    wrk::run(url, plan.warmup, script)?;
+    let processes = stack.processes();
+    let watch = CpuWatch::start(&processes)?;
+    let report = wrk::run(url, plan.window, script)?;
+    let cpu_percent = watch.stop(&processes)?;
+    eprintln!(
+        "bench: {what}: {:.0} req/s, p99 {:.3} ms",
+        report.rps, report.p99_ms
+    );
+    Ok(Measurement {
+        key: key.into(),
+        what: what.into(),
+        tool: format!("wrk -t{} -c{}", wrk::THREADS, wrk::CONNECTIONS),
+        rps: report.rps,
+        p50_ms: report.p50_ms,
+        p90_ms: report.p90_ms,
+        p99_ms: report.p99_ms,
+        requests: report.requests,
+        errors: report.errors,
+        cpu_percent,
+    })
+}
+
+/// The gRPC load generator on one RPC; the warm-up is part of the load's own schedule.
+fn grpc_measure(stack: &Stack, key: &str, what: &str, load: &Load) -> anyhow::Result<Measurement> {
+    let processes = stack.processes();
+    // CPU is accounted over warm-up and window alike: the load does not change between them.
+    let watch = CpuWatch::start(&processes)?;
+    let report = grpc_load::measure(load, Arc::default())?;
+    let cpu_percent = watch.stop(&processes)?;
+    eprintln!(
+        "bench: {what}, {} in flight: {:.0} req/s, p99 {:.3} ms",
+        load.streams, report.rps, report.p99_ms
+    );
+    Ok(Measurement {
+        key: key.into(),
+        what: what.into(),
+        tool: format!(
+            "tonic, {} stream{} / {} conn",
+            load.streams,
+            if load.streams == 1 { "" } else { "s" },
+            load.connections
+        ),
+        rps: report.rps,
+        p50_ms: report.p50_ms,
+        p90_ms: report.p90_ms,
+        p99_ms: report.p99_ms,
+        requests: report.requests,
+        errors: report.errors,
+        cpu_percent,
+    })
+}
+
+/// One step of the turbo sweep: a fresh worker with `concurrency` units in flight, its rate in
+/// Redis, its memory at the end, and its exit on SIGTERM while mining flat out.
+fn turbo_step(
+    stack: &Stack,
+    options: &Options,
+    logs: &Path,
+    plan: &Plan,
+    concurrency: u32,
+) -> anyhow::Result<TurboStep> {
+    let mut counter = Counter::connect(&stack.redis_url)?;
+    let mut worker = stack.worker(options, logs, concurrency, "0s")?;
+    let mut processes = stack.processes();
+    processes.insert(0, &worker);
+    let mut watch = None;
+    let (first, last) = counter.window(plan.turbo_warmup, plan.turbo_window, || {
+        watch = Some(CpuWatch::start(&processes)?);
+        Ok(())
+    })?;
+    let cpu_percent = watch
+        .expect("started at the first flush")
+        .stop(&processes)?;
+    drop(processes);
+    let peak = worker.memory()?.peak_mib();
+    let exit = worker.terminate()?;
+    Ok(TurboStep {
+        concurrency,
+        hashes_per_s: turbo::rate(first, last),
+        window_s: (last.at - first.at).as_secs_f64(),
+        worker_peak_rss_mib: peak,
+        sigterm_exit_ms: exit.as_secs_f64() * 1000.0,
+        cpu_percent,
+    })
+}
+
+/// SIGTERM to the webui while wrk loads `/json`; returns the time to exit in ms.
+fn terminate_under_wrk(webui: &mut Running, url: &str, logs: &Path) -> anyhow::Result<f64> {
+    let command = wrk::command(url, Duration::from_secs(30), None);
+    let args: Vec<String> = command
+        .get_args()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut load = Running::spawn("wrk-sigterm", Path::new("wrk"), &args, &[], logs)?;
+    std::thread::sleep(LOAD_BEFORE_SIGTERM);
+    let exit = webui.terminate()?;
+    // SIGINT makes wrk stop and print what it did, which proves the load was running.
+    load.signal(Signal::SIGINT)?;
+    load.wait_until(Instant::now() + Duration::from_secs(5))?;
+    let report = wrk::parse(&load.output())?;
+    if report.requests == 0 {
+        bail!("wrk sent nothing to the webui before SIGTERM: no load to exit under");
+    }
+    Ok(exit.as_secs_f64() * 1000.0)
+}
+
+/// SIGTERM to rng or hasher while 64 gRPC streams call it; returns the time to exit in ms.
+fn terminate_under_grpc(
+    service: &mut Running,
+    rpc: Rpc,
+    url: &str,
+    options: &Options,
+) -> anyhow::Result<f64> {
+    let load = Load {
+        rpc,
+        url: url.to_string(),
+        streams: 64,
+        connections: options.grpc_connections,
+        threads: options.client_threads,
+        warmup: Duration::ZERO,
+        window: Duration::from_secs(30),
+    };
+    let progress = Arc::new(Progress::default());
+    let running = {
+        let progress = progress.clone();
+        std::thread::spawn(move || grpc_load::measure(&load, progress))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress.completed.load(Ordering::Relaxed) == 0 {
+        if Instant::now() > deadline {
+            progress.stop.store(true, Ordering::Relaxed);
+            bail!("the gRPC load on {} never got an answer", service.name);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(LOAD_BEFORE_SIGTERM);
+    let exit = service.terminate();
+    progress.stop.store(true, Ordering::Relaxed);
+    let _ = running.join();
+    Ok(exit?.as_secs_f64() * 1000.0)
+}
+
+/// The size of `dockercoins/<name>:latest` in MB (10^6 bytes, as `docker images` shows), if
+/// Docker has it.
+fn image_mb(name: &str) -> Option<f64> {
+    let output = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Size}}"])
+        .arg(format!("dockercoins/{name}:latest"))
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let bytes: f64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .ok()?;
+    Some(bytes / 1e6)
+}
