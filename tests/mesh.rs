@@ -56,31 +56,81 @@ impl ThreeReplicas {
     }
 }
 
+/// Runs `workers` until work flows, then measures the hashing rate over `window` and each rng
+/// replica's share of the Generate calls meanwhile. Stops the workers.
+fn spread(
+    redis: &Redis,
+    rngs: &[Service],
+    mut workers: Vec<support::Process>,
+    window: Duration,
+) -> (f64, Vec<f64>) {
+    let start = redis.hashes();
+    eventually(Duration::from_secs(10), "work flowing", || {
+        (redis.hashes() > start + 20).then_some(())
+    });
+    let before = generates(rngs);
+    let rate = redis.rate(window);
+    let served: Vec<f64> = generates(rngs)
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let all: f64 = served.iter().sum();
+    for worker in &mut workers {
+        worker.terminate();
+    }
+    (rate, served.iter().map(|served| served / all).collect())
+}
+
+/// Whether each share is within 20% of an even share.
+fn even(shares: &[f64]) -> bool {
+    let fair = 1.0 / shares.len() as f64;
+    shares
+        .iter()
+        .all(|share| (share - fair).abs() <= 0.2 * fair)
+}
+
 #[test]
 fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
     let redis = Redis::start();
     let rngs = three_rngs();
     let hasher = Service::start("hasher", &[]);
-    let env = |lb: &str| {
-        vec![
+    let window = Duration::from_secs(10);
+    let start = |lb: &str, processes: usize, units: usize| {
+        let env = [
             ("RNG_ENDPOINT", endpoints(&rngs)),
-            ("WORKER_CONCURRENCY", "10".to_string()),
+            ("WORKER_CONCURRENCY", units.to_string()),
             ("WORKER_LB", lb.to_string()),
-        ]
+        ];
+        (0..processes)
+            .map(|_| worker(&rngs[0], &hasher, &redis, &env))
+            .collect::<Vec<_>>()
     };
 
-    let mut spread = worker(&rngs[0], &hasher, &redis, &env("p2c"));
-    let p2c = redis.rate(Duration::from_secs(10));
-    spread.terminate();
-    let _pinned = worker(&rngs[0], &hasher, &redis, &env("pick_first"));
-    let pick_first = redis.rate(Duration::from_secs(10));
+    // One worker with ten units in flight, then ten workers with one each (compose's shape, the
+    // harder one: each worker sees only its own call).
+    let (one, one_shares) = spread(&redis, &rngs, start("p2c", 1, 10), window);
+    let (ten, ten_shares) = spread(&redis, &rngs, start("p2c", 10, 1), window);
+    let (pinned, pinned_shares) = spread(&redis, &rngs, start("pick_first", 1, 10), window);
     eprintln!(
-        "10 units, 3 rng replicas: p2c {p2c:.2} hashes/s, pick_first {pick_first:.2} hashes/s"
+        "3 rng replicas, hashes/s and shares: p2c one worker x10 {one:.2} {one_shares:.3?}, \
+         p2c ten workers {ten:.2} {ten_shares:.3?}, pick_first {pinned:.2} {pinned_shares:.3?}"
     );
 
     // One rng serves 10 a second: 25 or more means all three work; pinned, one does.
-    assert!(p2c >= 25.0, "p2c: {p2c:.2} hashes/s");
-    assert!(pick_first <= 11.0, "pick_first: {pick_first:.2} hashes/s");
+    assert!(
+        one >= 25.0 && even(&one_shares),
+        "p2c, one worker: {one:.2} {one_shares:?}"
+    );
+    assert!(
+        ten >= 25.0 && even(&ten_shares),
+        "p2c, ten workers: {ten:.2} {ten_shares:?}"
+    );
+    assert!(pinned <= 11.0, "pick_first: {pinned:.2} hashes/s");
+    assert!(
+        pinned_shares.iter().any(|share| *share > 0.9),
+        "pick_first sends (nearly) everything to one replica: {pinned_shares:?}"
+    );
 }
 
 #[test]

@@ -109,7 +109,7 @@ where
     let queue = crate::queue::Queue::new(concurrency);
     let (health, grpc) = health_and_reflection(&[S::NAME]).await;
     let grpc = grpc.add_service(queue.service(service)).into_axum_router();
-    let shim = shim.layer(tower::util::option_layer(queue.layer()));
+    let shim = shim.layer(queue);
     let app = shim
         .merge(grpc)
         // Injected faults delay or fail a request before it queues (see `crate::fault`).

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod fault;
 pub mod forward;
 pub mod grpc;
+pub mod load;
 pub mod metrics;
 pub mod probe;
 pub mod queue;
