@@ -134,6 +134,57 @@ fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
 }
 
 #[test]
+fn redis_counts_the_calls_each_replica_served_and_the_webui_shows_their_rates() {
+    let mut mesh = ThreeReplicas::start(&[]);
+    let webui = Service::start("webui", &[("REDIS_URL", mesh.redis.url())]);
+    // The webui reports each replica's calls per second once it has seen its count move.
+    let shown = eventually(
+        Duration::from_secs(10),
+        "three rng replicas in /json",
+        || {
+            let json: serde_json::Value = http()
+                .get(format!("{}/json", webui.url()))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            let rng = json["replicas"]["rng"].as_array()?.clone();
+            let serving = rng
+                .iter()
+                .all(|replica| replica["rate"].as_f64() > Some(0.0));
+            (rng.len() == 3 && serving && json["replicas"]["hasher"].as_array()?.len() == 1)
+                .then_some(rng)
+        },
+    );
+    let names: Vec<&str> = shown.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["rng-a", "rng-b", "rng-c"]);
+
+    // Every unit's two calls are counted with the unit, exactly once.
+    let (_, status) = mesh.worker.terminate();
+    assert!(status.success());
+    let hashes = mesh.redis.hashes();
+    let mut connection = mesh.redis.connection();
+    for service in ["rng", "hasher"] {
+        let served: std::collections::BTreeMap<String, u64> = redis::cmd("HGETALL")
+            .arg(format!("dockercoins:served:{service}"))
+            .query(&mut connection)
+            .unwrap();
+        eprintln!("{service}: {served:?} for {hashes} hashes");
+        assert_eq!(
+            served.values().sum::<u64>(),
+            hashes,
+            "{service}: {served:?}"
+        );
+        if service == "rng" {
+            assert_eq!(
+                served.keys().collect::<Vec<_>>(),
+                ["rng-a", "rng-b", "rng-c"]
+            );
+        }
+    }
+}
+
+#[test]
 fn sigterm_to_one_replica_fails_no_call_at_the_worker() {
     // Bound whole: a destructuring with `..` would drop (and kill) the fields it leaves out.
     let mut mesh = ThreeReplicas::start(&[]);

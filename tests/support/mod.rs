@@ -477,3 +477,88 @@ pub fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         .map(|sample| sample.value)
         .sum()
 }
+
+/// Headless Chromium driven through chromedriver (WebDriver), as a person's browser.
+pub struct Browser {
+    pub client: fantoccini::Client,
+    _driver: Process,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free port and opens a Chromium session, 1280x900.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let driver = Process::spawn(
+            "chromedriver",
+            &tool("chromedriver"),
+            &[&format!("--port={port}")],
+            &[],
+        );
+        driver.wait_for_log("started successfully", Duration::from_secs(20));
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_string(),
+            serde_json::json!({
+                "binary": tool("chromium"),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"],
+            }),
+        );
+        let client = fantoccini::ClientBuilder::new(
+            hyper_util::client::legacy::connect::HttpConnector::new(),
+        )
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a Chromium session");
+        Self {
+            client,
+            _driver: driver,
+        }
+    }
+
+    /// The text of every element that matches the CSS `selector`, in page order.
+    pub async fn texts(&self, selector: &str) -> Vec<String> {
+        let mut texts = Vec::new();
+        for element in self
+            .client
+            .find_all(fantoccini::Locator::Css(selector))
+            .await
+            .expect("a valid selector")
+        {
+            // An element replaced since it was found (the page redraws every second) is skipped.
+            if let Ok(text) = element.text().await {
+                texts.push(text);
+            }
+        }
+        texts
+    }
+
+    /// Polls the texts of `selector` until `done` accepts them, for up to `deadline`.
+    pub async fn wait_for<T>(
+        &self,
+        selector: &str,
+        deadline: Duration,
+        mut done: impl FnMut(&[String]) -> Option<T>,
+    ) -> Result<T, Vec<String>> {
+        let until = Instant::now() + deadline;
+        loop {
+            let texts = self.texts(selector).await;
+            if let Some(value) = done(&texts) {
+                return Ok(value);
+            }
+            if Instant::now() >= until {
+                return Err(texts);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The rate a dashboard bar shows ("<replica> <calls/s>"), 0 when it shows none.
+pub fn bar_rate(bar: &str) -> f64 {
+    let mut words = bar.split_whitespace();
+    let (Some(_name), Some(rate)) = (words.next(), words.next_back()) else {
+        return 0.0;
+    };
+    rate.parse().unwrap_or(0.0)
+}

@@ -65,3 +65,9 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 }
+
+/// The Redis hash in which the workers count, per replica of `service` ("rng" or "hasher"), the
+/// calls it served: field = the replica's name (its hostname), value = calls.
+pub fn served_key(service: &str) -> String {
+    format!("dockercoins:served:{service}")
+}

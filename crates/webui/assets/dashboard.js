@@ -21,6 +21,7 @@
     bannerReason: byId("banner-reason"),
     updated: byId("updated"),
     chart: byId("chart"),
+    replicas: { rng: byId("replicas-rng"), hasher: byId("replicas-hasher") },
   };
 
   // One point per poll: the speed, or null while it is unknown (a gap in the line).
@@ -49,6 +50,43 @@
     view.banner.hidden = true;
     setState("live", "Live");
     remember(data.rate);
+    showReplicas(data.replicas || {});
+  }
+
+  // One bar per replica, as long as its share of the busiest one. Names come from Redis: they are
+  // set as text, never as markup.
+  function showReplicas(replicas) {
+    for (const [service, list] of Object.entries(view.replicas)) {
+      const rows = replicas[service] || [];
+      const top = Math.max(1, ...rows.map((r) => r.rate));
+      const items = rows.map((replica) => {
+        const item = document.createElement("li");
+        item.className = "bar";
+        item.dataset.replica = replica.name;
+        const name = document.createElement("span");
+        name.className = "bar-name";
+        name.textContent = replica.name;
+        name.title = replica.calls + " calls in all";
+        const track = document.createElement("span");
+        track.className = "bar-track";
+        const fill = document.createElement("span");
+        fill.className = "bar-fill";
+        fill.style.width = ((100 * replica.rate) / top).toFixed(1) + "%";
+        track.appendChild(fill);
+        const value = document.createElement("span");
+        value.className = "bar-value";
+        value.textContent = replica.rate.toFixed(2);
+        item.append(name, track, value);
+        return item;
+      });
+      if (items.length === 0) {
+        const empty = document.createElement("li");
+        empty.className = "bar-empty";
+        empty.textContent = "No calls in the last 10 s.";
+        items.push(empty);
+      }
+      list.replaceChildren(...items);
+    }
   }
 
   // The last numbers stay on screen, dimmed, and the banner says why they no longer move.

@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, RedisError};
 
+use crate::replicas::SERVICES;
+
 /// Deadline of one read, connecting included. `/json` must answer within a second; this leaves
 /// room for the rest of the request. The pool's own deadlines (500 ms to wait for, open or check a
 /// connection) fit inside it.
@@ -27,13 +29,15 @@ pub struct Counters {
     pub coins: u64,
 }
 
-/// One reading of `hashes`, timed for the speed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimedHashes {
+/// One reading of `hashes` and of the calls each replica served, timed for the speeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
     pub hashes: u64,
-    /// Halfway through the round trip: the best guess at when Redis read the value.
+    /// Per service of [`crate::replicas::SERVICES`]: calls served per replica.
+    pub served: Vec<(&'static str, Vec<(String, u64)>)>,
+    /// Halfway through the round trip: the best guess at when Redis read the values.
     pub at: Instant,
-    /// How long `GET` took, so that the caller can tell how far `at` may be off.
+    /// How long the read took, so that the caller can tell how far `at` may be off.
     pub round_trip: Duration,
 }
 
@@ -99,19 +103,23 @@ pub async fn read(pool: &Pool) -> Result<Counters, ReadError> {
     .await
 }
 
-/// Reads `hashes` alone, with the time Redis answered.
-pub async fn read_hashes(pool: &Pool) -> Result<TimedHashes, ReadError> {
+/// Reads `hashes` and the calls served per replica, with the time Redis answered.
+pub async fn read_sample(pool: &Pool) -> Result<Sample, ReadError> {
     within_deadline(async {
-        // Connecting is not timed: only the GET says when the value was read.
+        // Connecting is not timed: only the reads say when the values were read.
         let mut connection = pool.get().await?;
+        let mut pipe = redis::pipe();
+        pipe.get("hashes");
+        for service in SERVICES {
+            pipe.hgetall(mesh::redis::served_key(service));
+        }
         let sent = Instant::now();
-        let hashes: Option<u64> = redis::cmd("GET")
-            .arg("hashes")
-            .query_async(&mut connection)
-            .await?;
+        let (hashes, rng, hasher): (Option<u64>, Vec<(String, u64)>, Vec<(String, u64)>) =
+            pipe.query_async(&mut connection).await?;
         let round_trip = sent.elapsed();
-        Ok(TimedHashes {
+        Ok(Sample {
             hashes: hashes.unwrap_or(0),
+            served: SERVICES.into_iter().zip([rng, hasher]).collect(),
             at: sent + round_trip / 2,
             round_trip,
         })
@@ -152,6 +160,6 @@ mod tests {
         let err = read(&pool).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(err.reason().contains("Redis"), "{}", err.reason());
-        assert!(read_hashes(&pool).await.is_err());
+        assert!(read_sample(&pool).await.is_err());
     }
 }

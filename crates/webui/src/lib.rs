@@ -25,10 +25,12 @@ use tracing::Level;
 mod assets;
 mod counters;
 pub mod rate;
+pub mod replicas;
 mod sampler;
 
 use counters::ReadError;
 use rate::HashRate;
+use replicas::ReplicaRates;
 
 /// webui's configuration: every field is a flag and an environment variable.
 #[derive(clap::Parser, Debug, Clone)]
@@ -58,6 +60,7 @@ const POOL_SIZE: usize = 4;
 pub struct AppState {
     pool: Pool,
     rate: Arc<Mutex<HashRate>>,
+    replicas: Arc<Mutex<ReplicaRates>>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
         Ok(Self {
             pool: mesh::redis::pool(&config.redis_url, POOL_SIZE)?,
             rate: Arc::default(),
+            replicas: Arc::default(),
         })
     }
 }
@@ -81,6 +85,9 @@ struct Report {
     now: f64,
     /// Hashes per second over the last 10 seconds (see [`rate`]).
     rate: f64,
+    /// Calls per second of each rng and hasher replica seen in the last 10 seconds (see
+    /// [`replicas`]).
+    replicas: replicas::Report,
 }
 
 async fn json(State(state): State<AppState>) -> Result<Json<Report>, ReadError> {
@@ -90,6 +97,11 @@ async fn json(State(state): State<AppState>) -> Result<Json<Report>, ReadError> 
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .per_second(Instant::now());
+    let replicas = state
+        .replicas
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .report(Instant::now());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -100,6 +112,7 @@ async fn json(State(state): State<AppState>) -> Result<Json<Report>, ReadError> 
         now,
         // The estimate is good to a few percent: more digits would only be noise.
         rate: (rate * 1000.0).round() / 1000.0,
+        replicas,
     }))
 }
 
@@ -164,6 +177,7 @@ pub async fn run(
     let sampler = tokio::spawn(sampler::run(
         state.pool.clone(),
         state.rate.clone(),
+        state.replicas.clone(),
         sampling.clone(),
     ));
     let served = mesh::serve(listener, app(state), shutdown).await;

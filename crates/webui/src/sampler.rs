@@ -1,4 +1,5 @@
-//! The sampler: reads `hashes` four times a second, in the background, for the speed.
+//! The sampler: reads `hashes` and the calls served per replica four times a second, in the
+//! background, for the speeds.
 //!
 //! The speed must not depend on when browsers happen to poll `/json`, nor on how many of them do:
 //! one task reads the counter on a steady clock and feeds [`HashRate`], and `/json` only asks
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::counters;
 use crate::rate::HashRate;
+use crate::replicas::ReplicaRates;
 
 /// Time between two readings.
 pub const EVERY: Duration = Duration::from_millis(250);
@@ -22,10 +24,16 @@ pub const EVERY: Duration = Duration::from_millis(250);
 /// readings themselves; the speed is better without it.
 const MAX_ROUND_TRIP: Duration = EVERY;
 
-/// Reads `hashes` from `pool` every [`EVERY`] into `rate`, until `shutdown`.
+/// Reads `hashes` and the served calls from `pool` every [`EVERY`] into `rate` and `replicas`,
+/// until `shutdown`.
 ///
 /// Logs once when Redis becomes unreachable and once when it is back, not at every reading.
-pub async fn run(pool: Pool, rate: Arc<Mutex<HashRate>>, shutdown: Shutdown) {
+pub async fn run(
+    pool: Pool,
+    rate: Arc<Mutex<HashRate>>,
+    replicas: Arc<Mutex<ReplicaRates>>,
+    shutdown: Shutdown,
+) {
     let mut ticks = tokio::time::interval(EVERY);
     // After a slow read, carry on at the usual spacing rather than bursting to catch up.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -35,7 +43,7 @@ pub async fn run(pool: Pool, rate: Arc<Mutex<HashRate>>, shutdown: Shutdown) {
         // not wait for one to finish.
         let next = async {
             ticks.tick().await;
-            counters::read_hashes(&pool).await
+            counters::read_sample(&pool).await
         };
         let Some(reading) = shutdown.run_until_cancelled(next).await else {
             break;
@@ -53,6 +61,10 @@ pub async fn run(pool: Pool, rate: Arc<Mutex<HashRate>>, shutdown: Shutdown) {
                 rate.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .record(reading.at, reading.hashes);
+                let mut replicas = replicas.lock().unwrap_or_else(PoisonError::into_inner);
+                for (service, counts) in reading.served {
+                    replicas.record(reading.at, service, counts);
+                }
             }
             Err(err) => {
                 if reachable != Some(false) {
@@ -76,7 +88,7 @@ mod tests {
     async fn stops_at_once_on_shutdown_even_without_redis() {
         let pool = mesh::redis::pool("redis://127.0.0.1:1", 1).unwrap();
         let shutdown = Shutdown::new();
-        let sampler = tokio::spawn(run(pool, Arc::default(), shutdown.clone()));
+        let sampler = tokio::spawn(run(pool, Arc::default(), Arc::default(), shutdown.clone()));
         tokio::time::sleep(3 * EVERY).await;
         let asked = Instant::now();
         shutdown.cancel();

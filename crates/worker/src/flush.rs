@@ -8,13 +8,14 @@
 //! as it was, same number and same content, until Redis answers; new work waits in the tally
 //! meanwhile and goes into the next batch.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
 use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
-use crate::tally::{Coin, Tally};
+use crate::tally::{Coin, Replica, Tally};
 
 /// How often the work done is added to Redis (the original's "once a second").
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,20 +29,32 @@ const MAX_COINS_PER_BATCH: usize = 1000;
 /// gone for an hour is not coming back with the same batch.
 const SEQUENCE_TTL_SECONDS: u64 = 3600;
 
-/// KEYS: hashes, wallet, this worker's sequence key. ARGV: sequence, units, then digest and bytes
-/// of each coin. Returns 1 when applied, 0 when this batch was already applied.
+/// KEYS: hashes, wallet, this worker's sequence key, then the served-calls hashes of rng and
+/// hasher. ARGV: sequence, units, sequence TTL, then the number of rng and of hasher replicas in
+/// the batch, then replica and calls of each (rng's first), then digest and bytes of each coin.
+/// Returns 1 when applied, 0 when this batch was already applied.
 const APPLY_BATCH: &str = r"
 local last = tonumber(redis.call('GET', KEYS[3]) or '-1')
 if tonumber(ARGV[1]) <= last then
   return 0
 end
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
-for i = 4, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+local i = 6
+for k = 4, 5 do
+  for _ = 1, tonumber(ARGV[k]) do
+    redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+end
+for j = i, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[j], ARGV[j + 1])
 end
 redis.call('INCRBY', KEYS[1], ARGV[2])
 return 1
 ";
+
+/// The services whose replicas are counted, in the order [`APPLY_BATCH`] takes them.
+const SERVED: [&str; 2] = ["rng", "hasher"];
 
 /// One second's work, as sent to Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +62,8 @@ pub struct Batch {
     pub sequence: u64,
     pub units: u64,
     pub coins: Vec<Coin>,
+    /// Calls served per replica.
+    pub served: BTreeMap<Replica, u64>,
 }
 
 /// Sends batches to Redis, one at a time, each exactly once.
@@ -56,6 +71,7 @@ pub struct Flusher {
     pool: Pool,
     script: redis::Script,
     sequence_key: String,
+    served_keys: [String; 2],
     next_sequence: u64,
     /// The batch sent and not yet acknowledged: it is retried as it is.
     in_doubt: Option<Batch>,
@@ -68,6 +84,7 @@ impl Flusher {
             pool,
             script: redis::Script::new(APPLY_BATCH),
             sequence_key: format!("dockercoins:worker:{worker_id}:flushed"),
+            served_keys: SERVED.map(mesh::redis::served_key),
             next_sequence: 1,
             in_doubt: None,
         }
@@ -128,6 +145,7 @@ impl Flusher {
                 sequence: self.next_sequence,
                 units,
                 coins: pending.coins,
+                served: pending.served,
             });
             self.next_sequence += 1;
         }
@@ -175,9 +193,25 @@ impl Flusher {
             .key("hashes")
             .key("wallet")
             .key(&self.sequence_key)
+            .key(&self.served_keys[0])
+            .key(&self.served_keys[1])
             .arg(batch.sequence)
             .arg(batch.units)
             .arg(SEQUENCE_TTL_SECONDS);
+        let of = |service| {
+            batch
+                .served
+                .iter()
+                .filter(move |((of, _), _)| *of == service)
+        };
+        for service in SERVED {
+            invocation.arg(of(service).count());
+        }
+        for service in SERVED {
+            for ((_, replica), calls) in of(service) {
+                invocation.arg(replica).arg(calls);
+            }
+        }
         for coin in &batch.coins {
             invocation.arg(&coin.digest).arg(&coin.data);
         }

@@ -20,7 +20,7 @@ use mesh::trace::TraceContext;
 use tracing::{info, warn};
 
 use crate::retry::with_retries;
-use crate::tally::{Coin, Tally};
+use crate::tally::{Coin, Replica, Tally};
 
 /// Bytes asked of rng per unit, as in the original.
 pub const RANDOM_BYTES: u32 = 32;
@@ -45,9 +45,18 @@ pub struct Backends {
     pub retries: Arc<TpsBudget>,
 }
 
+/// A unit of work done.
+#[derive(Debug)]
+pub struct Mined {
+    /// The coin it found, if any.
+    pub coin: Option<Coin>,
+    /// The rng and hasher replicas that served it.
+    pub served_by: [Replica; 2],
+}
+
 impl Backends {
-    /// Does one unit of work; returns the coin it found, if any.
-    pub async fn mine(&mut self) -> Result<Option<Coin>, UnitError> {
+    /// Does one unit of work.
+    pub async fn mine(&mut self) -> Result<Mined, UnitError> {
         // One trace per unit: both calls carry it, so rng's and hasher's logs show the unit.
         let trace = TraceContext::new();
         tracing::debug!(trace_id = %trace.trace_id(), "unit of work");
@@ -58,7 +67,7 @@ impl Backends {
         })
         .await
         .map_err(UnitError::Rng)?;
-        count_pick("rng", &data);
+        let rng = served_by("rng", &data);
         let data = data.into_inner().data;
         if data.len() != RANDOM_BYTES as usize {
             return Err(UnitError::ShortRead(data.len()));
@@ -70,9 +79,12 @@ impl Backends {
         })
         .await
         .map_err(UnitError::Hasher)?;
-        count_pick("hasher", &digest);
+        let hasher = served_by("hasher", &digest);
         let digest = digest.into_inner().digest;
-        Ok(is_coin(&digest).then_some(Coin { digest, data }))
+        Ok(Mined {
+            coin: is_coin(&digest).then_some(Coin { digest, data }),
+            served_by: [rng, hasher],
+        })
     }
 }
 
@@ -88,16 +100,17 @@ fn traced<T>(message: T, trace: &TraceContext) -> tonic::Request<T> {
     request
 }
 
-/// Counts which replica answered (`dockercoins_picks_total`), from its `x-served-by` metadata.
-fn count_pick<T>(service: &'static str, response: &tonic::Response<T>) {
+/// Which replica answered, from its `x-served-by` metadata; counted in `dockercoins_picks_total`.
+fn served_by<T>(service: &'static str, response: &tonic::Response<T>) -> Replica {
     let replica = response
         .metadata()
         .get(mesh::grpc::SERVED_BY)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("unknown")
         .to_string();
-    metrics::counter!("dockercoins_picks_total", "service" => service, "replica" => replica)
+    metrics::counter!("dockercoins_picks_total", "service" => service, "replica" => replica.clone())
         .increment(1);
+    (service, replica)
 }
 
 /// A digest that starts with `0` is a coin (one in sixteen).
@@ -144,11 +157,11 @@ pub async fn mine_forever(
             () = shutdown.cancelled() => return,
         };
         match result {
-            Ok(coin) => {
+            Ok(Mined { coin, served_by }) => {
                 if let Some(coin) = &coin {
                     info!(digest = %coin.digest, "coin found");
                 }
-                tally.record(coin);
+                tally.record(coin, served_by);
                 retries = backoff();
             }
             Err(err) => {

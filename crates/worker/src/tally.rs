@@ -4,6 +4,7 @@
 //! memory only, so that a Redis outage never stops or slows the mining: the work piles up here
 //! and lands when Redis is back.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// Coins kept while Redis is unreachable. At the workshop's speed (a coin every few seconds) this
@@ -18,6 +19,9 @@ pub struct Coin {
     pub data: Vec<u8>,
 }
 
+/// A replica of a service: which service ("rng" or "hasher"), and its name.
+pub type Replica = (&'static str, String);
+
 /// What has been done and not yet taken by the flusher.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -30,17 +34,22 @@ pub struct Pending {
     pub coins: Vec<Coin>,
     /// Coins dropped because [`MAX_PENDING_COINS`] were already waiting.
     pub dropped_coins: u64,
+    /// Calls served, per replica. As many entries as replicas answered: a handful.
+    pub served: BTreeMap<Replica, u64>,
 }
 
 impl Tally {
-    /// Counts one unit of work, and its coin if it found one.
-    pub fn record(&self, coin: Option<Coin>) {
+    /// Counts one unit of work, its coin if it found one, and the replicas that served its calls.
+    pub fn record(&self, coin: Option<Coin>, served_by: impl IntoIterator<Item = Replica>) {
         metrics::counter!("dockercoins_units_total").increment(1);
         if coin.is_some() {
             metrics::counter!("dockercoins_coins_total").increment(1);
         }
         let mut pending = self.pending.lock().expect("tally lock is never poisoned");
         pending.units += 1;
+        for replica in served_by {
+            *pending.served.entry(replica).or_default() += 1;
+        }
         if let Some(coin) = coin {
             if pending.coins.len() < MAX_PENDING_COINS {
                 pending.coins.push(coin);
@@ -62,6 +71,7 @@ impl Tally {
             units: std::mem::take(&mut pending.units),
             coins,
             dropped_coins: std::mem::take(&mut pending.dropped_coins),
+            served: std::mem::take(&mut pending.served),
         }
     }
 
@@ -94,9 +104,9 @@ mod tests {
     #[test]
     fn take_returns_everything_recorded_once() {
         let tally = Tally::default();
-        tally.record(None);
-        tally.record(Some(coin(1)));
-        tally.record(None);
+        tally.record(None, []);
+        tally.record(Some(coin(1)), []);
+        tally.record(None, []);
         let taken = tally.take(10);
         assert_eq!(taken.units, 3);
         assert_eq!(taken.coins, vec![coin(1)]);
@@ -107,7 +117,7 @@ mod tests {
     fn coins_over_the_batch_size_wait_for_the_next_take() {
         let tally = Tally::default();
         for n in 0..5 {
-            tally.record(Some(coin(n)));
+            tally.record(Some(coin(n)), []);
         }
         let first = tally.take(2);
         assert_eq!((first.units, first.coins.len()), (5, 2));
@@ -119,10 +129,29 @@ mod tests {
     }
 
     #[test]
+    fn calls_are_counted_per_replica_until_taken() {
+        let tally = Tally::default();
+        let rng = |name: &str| ("rng", name.to_string());
+        tally.record(None, [rng("a"), ("hasher", "h".to_string())]);
+        tally.record(None, [rng("b"), ("hasher", "h".to_string())]);
+        tally.record(None, [rng("a"), ("hasher", "h".to_string())]);
+        let served = tally.take(10).served;
+        assert_eq!(
+            served.into_iter().collect::<Vec<_>>(),
+            [
+                (("hasher", "h".to_string()), 3),
+                (rng("a"), 2),
+                (rng("b"), 1)
+            ]
+        );
+        assert!(tally.take(10).served.is_empty());
+    }
+
+    #[test]
     fn coins_past_the_cap_are_dropped_but_still_counted_as_units() {
         let tally = Tally::default();
         for _ in 0..MAX_PENDING_COINS + 3 {
-            tally.record(Some(coin(0)));
+            tally.record(Some(coin(0)), []);
         }
         let taken = tally.take(usize::MAX);
         assert_eq!(taken.units, MAX_PENDING_COINS as u64 + 3);
