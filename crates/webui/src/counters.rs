@@ -103,6 +103,9 @@ pub async fn read(pool: &Pool) -> Result<Counters, ReadError> {
     .await
 }
 
+/// Calls served per replica of one service, as `HGETALL` gives them.
+type Served = Vec<(String, u64)>;
+
 /// Reads `hashes` and the calls served per replica, with the time Redis answered.
 pub async fn read_sample(pool: &Pool) -> Result<Sample, ReadError> {
     within_deadline(async {
@@ -114,7 +117,7 @@ pub async fn read_sample(pool: &Pool) -> Result<Sample, ReadError> {
             pipe.hgetall(mesh::redis::served_key(service));
         }
         let sent = Instant::now();
-        let (hashes, rng, hasher): (Option<u64>, Vec<(String, u64)>, Vec<(String, u64)>) =
+        let (hashes, rng, hasher): (Option<u64>, Served, Served) =
             pipe.query_async(&mut connection).await?;
         let round_trip = sent.elapsed();
         Ok(Sample {
