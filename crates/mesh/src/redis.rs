@@ -35,6 +35,12 @@ pub fn parse_url(url: &str) -> Result<String, String> {
         .map_err(|err| format!("not a Redis URL such as redis://127.0.0.1:6379 ({err})"))
 }
 
+/// The Redis hash in which the workers count, per replica of `service` ("rng" or "hasher"), the
+/// calls it served: field = the replica's name (its hostname), value = calls.
+pub fn served_key(service: &str) -> String {
+    format!("dockercoins:served:{service}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,10 +70,4 @@ mod tests {
         assert!(pool.get().await.is_err());
         assert!(started.elapsed() < Duration::from_secs(1));
     }
-}
-
-/// The Redis hash in which the workers count, per replica of `service` ("rng" or "hasher"), the
-/// calls it served: field = the replica's name (its hostname), value = calls.
-pub fn served_key(service: &str) -> String {
-    format!("dockercoins:served:{service}")
 }
