@@ -336,6 +336,58 @@ fn generates(replicas: &[Service]) -> Vec<f64> {
         .collect()
 }
 
+/// Waits until, over a sliding window of 3 s, the first replica has served under a sixth of the
+/// Generate calls (half an even share), for up to 10 s. Returns that share and how long it took.
+fn first_replicas_share_drops(rngs: &[Service]) -> (f64, Duration) {
+    let started = Instant::now();
+    let mut window = std::collections::VecDeque::from([(Instant::now(), generates(rngs))]);
+    let share = eventually(
+        Duration::from_secs(10),
+        "the first replica's share to drop",
+        || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = generates(rngs);
+            window.push_back((Instant::now(), now.clone()));
+            while window
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(3))
+            {
+                window.pop_front();
+            }
+            let (_, old) = window.front()?;
+            let served: Vec<f64> = now.iter().zip(old).map(|(now, old)| now - old).collect();
+            let all: f64 = served.iter().sum();
+            let share = served[0] / all;
+            (all > 20.0 && share < 1.0 / 6.0).then_some(share)
+        },
+    );
+    (share, started.elapsed())
+}
+
+#[test]
+fn a_replica_that_fails_while_serving_is_skipped_and_no_unit_fails() {
+    let mesh = ThreeReplicas::start(&[]);
+    let answer = http()
+        .post(format!("{}/admin/fault", mesh.rngs[0].url()))
+        .body(r#"{"error_rate": 1}"#)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // It still reports SERVING: only the failures themselves can tell the worker.
+    let (share, took) = first_replicas_share_drops(&mesh.rngs);
+    eprintln!("failing replica's share {share:.3} after {took:?}");
+    let failures: Vec<String> = mesh
+        .worker
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("unit of work failed"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "the retries covered every failed call: {failures:?}"
+    );
+}
+
 #[test]
 fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
     let mesh = ThreeReplicas::start(&[]);
@@ -355,33 +407,8 @@ fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
         .unwrap();
     assert_eq!(shown["delay"], "500ms");
 
-    // Within 10 s, over a sliding window of 3 s, the slow replica serves under a sixth of the calls.
-    let injected = Instant::now();
-    let mut window = std::collections::VecDeque::from([(Instant::now(), generates(rngs))]);
-    let share = eventually(
-        Duration::from_secs(10),
-        "the slow replica's share to drop",
-        || {
-            std::thread::sleep(Duration::from_millis(500));
-            let now = generates(rngs);
-            window.push_back((Instant::now(), now.clone()));
-            while window
-                .front()
-                .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(3))
-            {
-                window.pop_front();
-            }
-            let (_, old) = window.front()?;
-            let served: Vec<f64> = now.iter().zip(old).map(|(now, old)| now - old).collect();
-            let all: f64 = served.iter().sum();
-            let share = served[0] / all;
-            (all > 20.0 && share < 1.0 / 6.0).then_some(share)
-        },
-    );
-    eprintln!(
-        "slow replica's share {share:.3} after {:?}",
-        injected.elapsed()
-    );
+    let (share, took) = first_replicas_share_drops(rngs);
+    eprintln!("slow replica's share {share:.3} after {took:?}");
 
     let refused = http()
         .post(format!("{}/admin/fault", rngs[0].url()))

@@ -23,6 +23,8 @@
 //! - Costs within a factor [`TOLERANCE`] of each other count as equal, and the replica whose turn
 //!   it is wins; past that, the cheaper one wins and the other is skipped. A replica made slow
 //!   (+500 ms on 100) is skipped until its latency fades: it got 5% of the calls of ten workers.
+//! - A failed call counts as a one-second answer, so that a replica that fails while it still
+//!   reports SERVING is skipped the same way, with a trial call now and then.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,6 +43,11 @@ use crate::queue::QUEUE_WAIT;
 /// Costs closer than this factor are a tie, decided by the rotation: the replicas of one service
 /// are alike, and their own pace varies by far less; +500 ms on 100 is six times slower.
 const TOLERANCE: f64 = 2.0;
+
+/// The latency a failed call counts as. The replica is then skipped until that fades below twice
+/// a healthy replica's latency: about 8 s at the workshop's speed (decay 5 s), with a trial call
+/// now and then.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// How many replicas take part in each choice.
 const CHOICES: usize = 2;
@@ -188,7 +195,12 @@ where
                     .and_then(|value| value.to_str().ok()?.parse::<f64>().ok())
                     .map_or(0.0, |milliseconds| milliseconds / 1000.0)
             });
-            let latency = (sent.elapsed().as_secs_f64() - waited).max(0.0);
+            let mut latency = (sent.elapsed().as_secs_f64() - waited).max(0.0);
+            // A failure counts as a very slow answer: a replica that fails fast while it still
+            // reports SERVING must not look like the fastest one (outlier ejection, in effect).
+            if !succeeded(&result) {
+                latency = latency.max(FAILURE_PENALTY.as_secs_f64());
+            }
             estimate
                 .lock()
                 .expect("never poisoned")
@@ -196,6 +208,18 @@ where
             result
         })
     }
+}
+
+/// Whether a call succeeded: an answer, and for gRPC no error status in its headers (a unary
+/// call that fails comes back as headers carrying `grpc-status`, with no body).
+fn succeeded<B, E>(result: &Result<http::Response<B>, E>) -> bool {
+    result.as_ref().is_ok_and(|response| {
+        response.status().is_success()
+            && response
+                .headers()
+                .get("grpc-status")
+                .is_none_or(|status| status == "0")
+    })
 }
 
 /// The turns of one balancer's replicas, in address order: the next choice is between the two
@@ -363,6 +387,21 @@ mod tests {
         assert!(during > 1.9 * before, "before {before}, during {during}");
         drop(call);
         assert!(service.load().value < 1.1 * before);
+    }
+
+    #[tokio::test]
+    async fn a_failure_counts_as_a_very_slow_answer() {
+        let failing = tower::service_fn(|()| async {
+            let mut response = http::Response::new(());
+            response
+                .headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static("14"));
+            Ok::<_, Infallible>(response)
+        });
+        let rotation = Rotation::default();
+        let mut service = Measured::new(failing, address(1), INITIAL, DECAY, &rotation);
+        service.ready().await.unwrap().call(()).await.unwrap();
+        assert!(service.load().value >= 0.9, "{:?}", service.load());
     }
 
     #[test]
