@@ -72,6 +72,51 @@ fn mines_coins_into_redis_and_the_webui_reports_them() {
 }
 
 #[test]
+fn turbo_batches_count_every_unit_and_keep_every_coin() {
+    let redis = Redis::start();
+    let turbo: Vec<(&str, String)> = ["RNG_DELAY", "HASHER_DELAY", "WORKER_DELAY"]
+        .into_iter()
+        .map(|name| (name, "0s".to_string()))
+        .collect();
+    let (rng, hasher) = backends(&turbo);
+    let env = [turbo.clone(), vec![("WORKER_BATCH", "64".to_string())]].concat();
+    let mut worker = worker(&rng, &hasher, &redis, &env);
+    eventually(Duration::from_secs(10), "a few batches", || {
+        (redis.hashes() >= 64 * 50).then_some(())
+    });
+    let (_, status) = worker.terminate();
+    assert!(status.success());
+
+    // Every unit counted once, in whole batches; every coin is a real one.
+    let hashes = redis.hashes();
+    assert_eq!(hashes, support::logged_units(&worker));
+    assert_eq!(hashes % 64, 0, "{hashes} units in batches of 64");
+    let mut connection = redis.connection();
+    let wallet: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg("wallet")
+        .query(&mut connection)
+        .unwrap();
+    for (digest, data) in &wallet {
+        assert_eq!(data.len(), 32);
+        assert_eq!(digest, &sha256_hex(data));
+        assert!(digest.starts_with('0'), "{digest}");
+    }
+    // One in sixteen digests starts with 0.
+    let expected = hashes as f64 / 16.0;
+    let coins = wallet.len() as f64;
+    assert!(
+        (coins - expected).abs() < 5.0 * expected.sqrt() + 5.0,
+        "{coins} coins for {hashes} units"
+    );
+    // rng and hasher served one call per batch.
+    let calls: std::collections::BTreeMap<String, u64> = redis::cmd("HGETALL")
+        .arg("dockercoins:served:hasher")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(calls.values().sum::<u64>() * 64, hashes, "{calls:?}");
+}
+
+#[test]
 fn one_worker_with_the_defaults_makes_3_33_hashes_per_second() {
     let redis = Redis::start();
     let (rng, hasher) = backends(&[]);

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use bytes::Bytes;
 use dockercoins::hasher::v1::hasher_service_server::{HasherService, HasherServiceServer};
-use dockercoins::hasher::v1::{HashRequest, HashResponse};
+use dockercoins::hasher::v1::{HashBatchRequest, HashBatchResponse, HashRequest, HashResponse};
 use mesh::Shutdown;
 use sha2::{Digest, Sha256};
 
@@ -94,9 +94,21 @@ impl Hasher {
 
     /// Checks the size, waits the configured delay, and hashes.
     async fn hash(&self, data: &[u8]) -> Result<String, HashError> {
-        if data.len() > self.max_body {
+        let [digest] = self
+            .hash_all(&[data])
+            .await?
+            .try_into()
+            .expect("one digest");
+        Ok(digest)
+    }
+
+    /// Checks that the items add up to no more than the cap, waits the delay once, and returns
+    /// the digest of each.
+    async fn hash_all(&self, items: &[impl AsRef<[u8]>]) -> Result<Vec<String>, HashError> {
+        let size = items.iter().map(|item| item.as_ref().len()).sum();
+        if size > self.max_body {
             return Err(HashError::TooLarge {
-                size: data.len(),
+                size,
                 max: self.max_body,
             });
         }
@@ -104,7 +116,7 @@ impl Hasher {
             tokio::time::sleep(self.delay).await;
         }
         // A megabyte at most: a few milliseconds, too short to be worth a blocking thread.
-        Ok(digest(data))
+        Ok(items.iter().map(|item| digest(item.as_ref())).collect())
     }
 }
 
@@ -116,6 +128,14 @@ impl HasherService for Hasher {
     ) -> Result<tonic::Response<HashResponse>, tonic::Status> {
         let digest = Hasher::hash(self, &request.into_inner().data).await?;
         Ok(tonic::Response::new(HashResponse { digest }))
+    }
+
+    async fn hash_batch(
+        &self,
+        request: tonic::Request<HashBatchRequest>,
+    ) -> Result<tonic::Response<HashBatchResponse>, tonic::Status> {
+        let digests = self.hash_all(&request.into_inner().data).await?;
+        Ok(tonic::Response::new(HashBatchResponse { digests }))
     }
 }
 

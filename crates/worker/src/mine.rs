@@ -1,7 +1,8 @@
 //! One unit of work, and the loop that repeats it.
 //!
 //! A unit asks rng for 32 random bytes, asks hasher for their SHA-256 and, when the digest starts
-//! with `0`, has found a coin. The loop pauses `WORKER_DELAY` between units, as the original did,
+//! with `0`, has found a coin. In turbo mode (`WORKER_BATCH` > 1) one pair of calls does many
+//! units: rng gives that many times 32 bytes, and hasher's HashBatch hashes each 32 on its own. The loop pauses `WORKER_DELAY` between units, as the original did,
 //! and when rng or hasher fails it logs, backs off (capped at one second) and tries again: a
 //! worker never hangs and never exits because a dependency is down.
 
@@ -11,8 +12,8 @@ use std::time::Duration;
 use tower::retry::budget::TpsBudget;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use dockercoins::hasher::v1::HashRequest;
 use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
+use dockercoins::hasher::v1::{HashBatchRequest, HashRequest};
 use dockercoins::rng::v1::GenerateRequest;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
 use mesh::balance::Balanced;
@@ -32,8 +33,10 @@ pub enum UnitError {
     Rng(tonic::Status),
     #[error("hasher failed: {0}")]
     Hasher(tonic::Status),
-    #[error("rng returned {0} bytes instead of {RANDOM_BYTES}")]
-    ShortRead(usize),
+    #[error("rng returned {got} bytes instead of {asked}")]
+    ShortRead { got: usize, asked: usize },
+    #[error("hasher returned {got} digests instead of {asked}")]
+    MissingDigests { got: usize, asked: usize },
 }
 
 /// The two services a worker calls.
@@ -43,46 +46,90 @@ pub struct Backends {
     pub hasher: HasherServiceClient<Balanced>,
     /// Shared by every miner of the process.
     pub retries: Arc<TpsBudget>,
+    /// Units per pair of calls (`WORKER_BATCH`).
+    pub batch: u32,
 }
 
-/// A unit of work done.
+/// Units of work done by one pair of calls.
 #[derive(Debug)]
 pub struct Mined {
-    /// The coin it found, if any.
-    pub coin: Option<Coin>,
-    /// The rng and hasher replicas that served it.
+    pub units: u64,
+    /// The coins they found.
+    pub coins: Vec<Coin>,
+    /// The rng and hasher replicas that served the calls.
     pub served_by: [Replica; 2],
 }
 
 impl Backends {
-    /// Does one unit of work.
+    /// Does one unit of work, or `batch` of them.
     pub async fn mine(&mut self) -> Result<Mined, UnitError> {
-        // One trace per unit: both calls carry it, so rng's and hasher's logs show the unit.
+        // One trace per call pair: both calls carry it, so rng's and hasher's logs show the unit.
         let trace = TraceContext::new();
         tracing::debug!(trace_id = %trace.trace_id(), "unit of work");
+        let asked = RANDOM_BYTES * self.batch;
         let data = with_retries(&self.retries, || {
             let mut rng = self.rng.clone();
-            let request = traced(GenerateRequest { size: RANDOM_BYTES }, &trace);
+            let request = traced(GenerateRequest { size: asked }, &trace);
             async move { rng.generate(request).await }
         })
         .await
         .map_err(UnitError::Rng)?;
         let rng = served_by("rng", &data);
         let data = data.into_inner().data;
-        if data.len() != RANDOM_BYTES as usize {
-            return Err(UnitError::ShortRead(data.len()));
+        if data.len() != asked as usize {
+            return Err(UnitError::ShortRead {
+                got: data.len(),
+                asked: asked as usize,
+            });
         }
-        let digest = with_retries(&self.retries, || {
-            let mut hasher = self.hasher.clone();
-            let request = traced(HashRequest { data: data.clone() }, &trace);
-            async move { hasher.hash(request).await }
-        })
-        .await
-        .map_err(UnitError::Hasher)?;
-        let hasher = served_by("hasher", &digest);
-        let digest = digest.into_inner().digest;
+        let (digests, hasher) = if self.batch == 1 {
+            let digest = with_retries(&self.retries, || {
+                let mut hasher = self.hasher.clone();
+                let request = traced(HashRequest { data: data.clone() }, &trace);
+                async move { hasher.hash(request).await }
+            })
+            .await
+            .map_err(UnitError::Hasher)?;
+            let hasher = served_by("hasher", &digest);
+            (vec![digest.into_inner().digest], hasher)
+        } else {
+            let items: Vec<Vec<u8>> = data
+                .chunks(RANDOM_BYTES as usize)
+                .map(<[u8]>::to_vec)
+                .collect();
+            let digests = with_retries(&self.retries, || {
+                let mut hasher = self.hasher.clone();
+                let request = traced(
+                    HashBatchRequest {
+                        data: items.clone(),
+                    },
+                    &trace,
+                );
+                async move { hasher.hash_batch(request).await }
+            })
+            .await
+            .map_err(UnitError::Hasher)?;
+            let hasher = served_by("hasher", &digests);
+            (digests.into_inner().digests, hasher)
+        };
+        if digests.len() != self.batch as usize {
+            return Err(UnitError::MissingDigests {
+                got: digests.len(),
+                asked: self.batch as usize,
+            });
+        }
+        let coins = digests
+            .into_iter()
+            .zip(data.chunks(RANDOM_BYTES as usize))
+            .filter(|(digest, _)| is_coin(digest))
+            .map(|(digest, data)| Coin {
+                digest,
+                data: data.to_vec(),
+            })
+            .collect();
         Ok(Mined {
-            coin: is_coin(&digest).then_some(Coin { digest, data }),
+            units: self.batch.into(),
+            coins,
             served_by: [rng, hasher],
         })
     }
@@ -157,11 +204,15 @@ pub async fn mine_forever(
             () = shutdown.cancelled() => return,
         };
         match result {
-            Ok(Mined { coin, served_by }) => {
-                if let Some(coin) = &coin {
+            Ok(Mined {
+                units,
+                coins,
+                served_by,
+            }) => {
+                for coin in &coins {
                     info!(digest = %coin.digest, "coin found");
                 }
-                tally.record(coin, served_by);
+                tally.record(units, coins, served_by);
                 retries = backoff();
             }
             Err(err) => {

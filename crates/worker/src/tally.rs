@@ -39,18 +39,21 @@ pub struct Pending {
 }
 
 impl Tally {
-    /// Counts one unit of work, its coin if it found one, and the replicas that served its calls.
-    pub fn record(&self, coin: Option<Coin>, served_by: impl IntoIterator<Item = Replica>) {
-        metrics::counter!("dockercoins_units_total").increment(1);
-        if coin.is_some() {
-            metrics::counter!("dockercoins_coins_total").increment(1);
-        }
+    /// Counts `units` of work, the coins they found, and the replicas that served their calls.
+    pub fn record(
+        &self,
+        units: u64,
+        coins: Vec<Coin>,
+        served_by: impl IntoIterator<Item = Replica>,
+    ) {
+        metrics::counter!("dockercoins_units_total").increment(units);
+        metrics::counter!("dockercoins_coins_total").increment(coins.len() as u64);
         let mut pending = self.pending.lock().expect("tally lock is never poisoned");
-        pending.units += 1;
+        pending.units += units;
         for replica in served_by {
             *pending.served.entry(replica).or_default() += 1;
         }
-        if let Some(coin) = coin {
+        for coin in coins {
             if pending.coins.len() < MAX_PENDING_COINS {
                 pending.coins.push(coin);
             } else {
@@ -104,9 +107,9 @@ mod tests {
     #[test]
     fn take_returns_everything_recorded_once() {
         let tally = Tally::default();
-        tally.record(None, []);
-        tally.record(Some(coin(1)), []);
-        tally.record(None, []);
+        tally.record(1, vec![], []);
+        tally.record(1, vec![coin(1)], []);
+        tally.record(1, vec![], []);
         let taken = tally.take(10);
         assert_eq!(taken.units, 3);
         assert_eq!(taken.coins, vec![coin(1)]);
@@ -117,7 +120,7 @@ mod tests {
     fn coins_over_the_batch_size_wait_for_the_next_take() {
         let tally = Tally::default();
         for n in 0..5 {
-            tally.record(Some(coin(n)), []);
+            tally.record(1, vec![coin(n)], []);
         }
         let first = tally.take(2);
         assert_eq!((first.units, first.coins.len()), (5, 2));
@@ -132,9 +135,9 @@ mod tests {
     fn calls_are_counted_per_replica_until_taken() {
         let tally = Tally::default();
         let rng = |name: &str| ("rng", name.to_string());
-        tally.record(None, [rng("a"), ("hasher", "h".to_string())]);
-        tally.record(None, [rng("b"), ("hasher", "h".to_string())]);
-        tally.record(None, [rng("a"), ("hasher", "h".to_string())]);
+        tally.record(1, vec![], [rng("a"), ("hasher", "h".to_string())]);
+        tally.record(1, vec![], [rng("b"), ("hasher", "h".to_string())]);
+        tally.record(1, vec![], [rng("a"), ("hasher", "h".to_string())]);
         let served = tally.take(10).served;
         assert_eq!(
             served.into_iter().collect::<Vec<_>>(),
@@ -151,7 +154,7 @@ mod tests {
     fn coins_past_the_cap_are_dropped_but_still_counted_as_units() {
         let tally = Tally::default();
         for _ in 0..MAX_PENDING_COINS + 3 {
-            tally.record(Some(coin(0)), []);
+            tally.record(1, vec![coin(0)], []);
         }
         let taken = tally.take(usize::MAX);
         assert_eq!(taken.units, MAX_PENDING_COINS as u64 + 3);
