@@ -1,15 +1,17 @@
 //! webui: shows how fast DockerCoins mines, from the counters the worker keeps in Redis.
 //!
-//! What workshop attendees look at: a dashboard (`GET /`) with a live chart of the hashing speed
-//! and the hashes and coins counters. The page polls `GET /json` every second, which keeps the
-//! original's shape (`coins`, `hashes`, `now`) and adds the speed (`rate`), worked out here from
-//! readings taken four times a second (see [`rate`]) rather than in the browser from two polls.
-//! The webui starts and serves its page without Redis; `/json` then answers 503 within a second,
+//! What workshop attendees look at: a dashboard (`GET /`) with a live chart of the hashing speed,
+//! the hashes and coins counters, and the calls per second of each rng and hasher replica. The
+//! page polls `GET /json` every second, which keeps the original's shape (`coins`, `hashes`, `now`)
+//! and adds the speed (`rate`, see [`rate`]) and the replicas (`replicas`, see [`replicas`]), all
+//! worked out here from readings taken four times a second rather than in the browser from two
+//! polls. `/json` answers from the latest reading, at most 250 ms old, never waiting for Redis
+//! (see [`board`]). The webui starts and serves its page without Redis; `/json` then answers 503,
 //! and works again as soon as Redis is back.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
@@ -23,14 +25,14 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 mod assets;
+pub mod board;
 mod counters;
 pub mod rate;
 pub mod replicas;
 mod sampler;
 
-use counters::ReadError;
-use rate::HashRate;
-use replicas::ReplicaRates;
+use board::{Board, Report};
+use counters::Unavailable;
 
 /// webui's configuration: every field is a flag and an environment variable.
 #[derive(clap::Parser, Debug, Clone)]
@@ -51,16 +53,15 @@ pub struct Config {
     pub command: Option<mesh::Command>,
 }
 
-/// Connections to Redis: one for the sampler, the rest for `/json`, which holds one for a
-/// millisecond per poll, so a few serve a room full of browsers.
-const POOL_SIZE: usize = 4;
+/// Connections to Redis: the sampler is the only reader (`/json` answers from its readings); a
+/// second lets a new connection open while a broken one is dropped.
+const POOL_SIZE: usize = 2;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pool: Pool,
-    rate: Arc<Mutex<HashRate>>,
-    replicas: Arc<Mutex<ReplicaRates>>,
+    board: Arc<Mutex<Board>>,
 }
 
 impl AppState {
@@ -68,52 +69,14 @@ impl AppState {
     pub fn new(config: &Config) -> Result<Self, deadpool_redis::CreatePoolError> {
         Ok(Self {
             pool: mesh::redis::pool(&config.redis_url, POOL_SIZE)?,
-            rate: Arc::default(),
-            replicas: Arc::default(),
+            board: Arc::default(),
         })
     }
 }
 
-/// The body of `GET /json`.
-#[derive(Debug, serde::Serialize)]
-struct Report {
-    /// Coins found: `HLEN wallet`.
-    coins: u64,
-    /// Units of work done: `GET hashes`, 0 before the first.
-    hashes: u64,
-    /// When this was read, in seconds since the Unix epoch.
-    now: f64,
-    /// Hashes per second over the last 10 seconds (see [`rate`]).
-    rate: f64,
-    /// Calls per second of each rng and hasher replica seen in the last 10 seconds (see
-    /// [`replicas`]).
-    replicas: replicas::Report,
-}
-
-async fn json(State(state): State<AppState>) -> Result<Json<Report>, ReadError> {
-    let counters = counters::read(&state.pool).await?;
-    let rate = state
-        .rate
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .per_second(Instant::now());
-    let replicas = state
-        .replicas
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .report(Instant::now());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    Ok(Json(Report {
-        coins: counters.coins,
-        hashes: counters.hashes,
-        now,
-        // The estimate is good to a few percent: more digits would only be noise.
-        rate: (rate * 1000.0).round() / 1000.0,
-        replicas,
-    }))
+async fn json(State(state): State<AppState>) -> Result<Json<Report>, Unavailable> {
+    let board = state.board.lock().unwrap_or_else(PoisonError::into_inner);
+    board.report(Instant::now()).map(Json)
 }
 
 /// Liveness only: the webui is up even when Redis is not, and restarting it would not help.
@@ -176,8 +139,7 @@ pub async fn run(
     let sampling = shutdown.child_token();
     let sampler = tokio::spawn(sampler::run(
         state.pool.clone(),
-        state.rate.clone(),
-        state.replicas.clone(),
+        state.board.clone(),
         sampling.clone(),
     ));
     let served = mesh::serve(listener, app(state), shutdown).await;

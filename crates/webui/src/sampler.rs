@@ -13,9 +13,8 @@ use mesh::Shutdown;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
+use crate::board::Board;
 use crate::counters;
-use crate::rate::HashRate;
-use crate::replicas::ReplicaRates;
 
 /// Time between two readings.
 pub const EVERY: Duration = Duration::from_millis(250);
@@ -24,16 +23,10 @@ pub const EVERY: Duration = Duration::from_millis(250);
 /// readings themselves; the speed is better without it.
 const MAX_ROUND_TRIP: Duration = EVERY;
 
-/// Reads `hashes` and the served calls from `pool` every [`EVERY`] into `rate` and `replicas`,
-/// until `shutdown`.
+/// Reads the counters from `pool` every [`EVERY`] onto `board`, until `shutdown`.
 ///
 /// Logs once when Redis becomes unreachable and once when it is back, not at every reading.
-pub async fn run(
-    pool: Pool,
-    rate: Arc<Mutex<HashRate>>,
-    replicas: Arc<Mutex<ReplicaRates>>,
-    shutdown: Shutdown,
-) {
+pub async fn run(pool: Pool, board: Arc<Mutex<Board>>, shutdown: Shutdown) {
     let mut ticks = tokio::time::interval(EVERY);
     // After a slow read, carry on at the usual spacing rather than bursting to catch up.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -54,24 +47,25 @@ pub async fn run(
                     info!(hashes = reading.hashes, "reading the counters from Redis");
                     reachable = Some(true);
                 }
-                if reading.round_trip > MAX_ROUND_TRIP {
-                    debug!(round_trip = ?reading.round_trip, "slow reading of hashes left out of the speed");
-                    continue;
+                let timed = reading.round_trip <= MAX_ROUND_TRIP;
+                if !timed {
+                    debug!(round_trip = ?reading.round_trip, "slow reading left out of the speeds");
                 }
-                rate.lock()
+                board
+                    .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .record(reading.at, reading.hashes);
-                let mut replicas = replicas.lock().unwrap_or_else(PoisonError::into_inner);
-                for (service, counts) in reading.served {
-                    replicas.record(reading.at, service, counts);
-                }
+                    .record(reading, timed);
             }
             Err(err) => {
                 if reachable != Some(false) {
                     warn!(error = %err.reason(), "cannot read Redis; /json answers 503 until it is back");
                     reachable = Some(false);
                 }
-                debug!(error = %err.reason(), "reading of hashes failed");
+                debug!(error = %err.reason(), "reading of the counters failed");
+                board
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .failed(err.reason());
             }
         }
     }
@@ -88,7 +82,7 @@ mod tests {
     async fn stops_at_once_on_shutdown_even_without_redis() {
         let pool = mesh::redis::pool("redis://127.0.0.1:1", 1).unwrap();
         let shutdown = Shutdown::new();
-        let sampler = tokio::spawn(run(pool, Arc::default(), Arc::default(), shutdown.clone()));
+        let sampler = tokio::spawn(run(pool, Arc::default(), shutdown.clone()));
         tokio::time::sleep(3 * EVERY).await;
         let asked = Instant::now();
         shutdown.cancel();
