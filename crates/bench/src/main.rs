@@ -1,5 +1,6 @@
-//! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building), or
-//! `bench grpc` to put one gRPC load on a running rng or hasher, e.g. while profiling it.
+//! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building); for
+//! profiling by hand, `bench up` (the stack alone, for a while) and `bench grpc` (one gRPC load
+//! on a running rng or hasher).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,21 @@ enum Command {
     Run(bench::run::Options),
     /// Call rng Generate or hasher Hash from N streams; print what was measured as JSON.
     Grpc(GrpcArgs),
+    /// Start the stack as `run` does, print pids and addresses, keep it up for a while (to
+    /// profile it, or load it by hand).
+    Up(UpArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct UpArgs {
+    #[command(flatten)]
+    options: bench::run::Options,
+    /// Also start a worker, flat out, with this many units in flight.
+    #[arg(long)]
+    worker: Option<u32>,
+    /// How long to keep the stack up.
+    #[arg(long = "for", default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("bench: updated {}", options.docs.display());
             }
         }
+        Command::Up(args) => bench::run::up(&args.options, args.worker, args.duration)?,
         Command::Grpc(args) => {
             let load = Load {
                 rpc: args.rpc,

@@ -44,8 +44,9 @@ pub struct Options {
     /// HTTP/2 connections the 64 gRPC streams share.
     #[arg(long, default_value_t = 2)]
     pub grpc_connections: usize,
-    /// Tokio worker threads of the gRPC load generator (1 = current-thread runtime).
-    #[arg(long, default_value_t = 1)]
+    /// Tokio worker threads of the gRPC load generator (1 = current-thread runtime). Two let it
+    /// use whichever core the servers leave; one capped it at a core and measured less.
+    #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
     /// Before measuring, wait up to this long for the machine to be quiet (default: 0s with
     /// --quick, 5m otherwise); the run goes ahead anyway, and the report says how busy it was.
@@ -412,6 +413,32 @@ fn wait_for_quiet(patience: Duration) -> anyhow::Result<f64> {
         }
         eprintln!("bench: the machine is {percent}% busy; waiting for it to be quiet");
     }
+}
+
+/// Starts the stack as a run does (and a worker with `worker` units in flight, if given), prints
+/// each process's pid and address as shell assignments, keeps it up for `duration`, then stops it:
+/// a stack to point a profiler or a load tool at by hand.
+pub fn up(options: &Options, worker: Option<u32>, duration: Duration) -> anyhow::Result<()> {
+    let logs = options.out_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let stack = Stack::start(options, &logs)?;
+    let worker = match worker {
+        Some(concurrency) => Some(stack.worker(options, &logs, concurrency, "0s")?),
+        None => None,
+    };
+    println!("REDIS_URL={}", stack.redis_url);
+    for (name, process, addr) in [
+        ("RNG", &stack.rng, stack.rng_addr),
+        ("HASHER", &stack.hasher, stack.hasher_addr),
+        ("WEBUI", &stack.webui, stack.webui_addr),
+    ] {
+        println!("{name}_PID={}\n{name}_ADDR={addr}", process.pid());
+    }
+    if let Some(worker) = &worker {
+        println!("WORKER_PID={}", worker.pid());
+    }
+    std::thread::sleep(duration);
+    Ok(())
 }
 
 /// `wrk -t2 -c16 --latency` on `url`: a warm-up run, then the measured one.
