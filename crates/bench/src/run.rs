@@ -58,7 +58,9 @@ pub struct Options {
 struct Plan {
     warmup: Duration,
     window: Duration,
-    sweep: Vec<u32>,
+    /// Turbo steps: units in flight (`WORKER_CONCURRENCY`) and units per call pair
+    /// (`WORKER_BATCH`).
+    sweep: Vec<(u32, u32)>,
     turbo_warmup: Duration,
     turbo_window: Duration,
 }
@@ -69,7 +71,7 @@ impl Plan {
             Self {
                 warmup: Duration::from_secs(1),
                 window: Duration::from_secs(2),
-                sweep: vec![1, 64],
+                sweep: vec![(1, 1), (64, 1), (8, 100)],
                 turbo_warmup: Duration::from_millis(1500),
                 turbo_window: Duration::from_secs(2),
             }
@@ -77,7 +79,7 @@ impl Plan {
             Self {
                 warmup: Duration::from_secs(3),
                 window: Duration::from_secs(10),
-                sweep: vec![1, 8, 64, 256],
+                sweep: vec![(1, 1), (8, 1), (64, 1), (256, 1), (8, 100), (4, 256)],
                 turbo_warmup: Duration::from_secs(3),
                 turbo_window: Duration::from_secs(8),
             }
@@ -167,12 +169,13 @@ impl Stack {
         vec![&self.rng, &self.hasher, &self.webui, &self.redis]
     }
 
-    /// A worker, flat out, with `concurrency` units in flight (`delay` between units).
+    /// A worker, flat out, with `concurrency` call pairs in flight of `batch` units each (`delay`
+    /// between them).
     fn worker(
         &self,
         options: &Options,
         logs: &Path,
-        concurrency: u32,
+        (concurrency, batch): (u32, u32),
         delay: &str,
     ) -> anyhow::Result<Running> {
         let env = [
@@ -181,9 +184,10 @@ impl Stack {
             ("REDIS_URL", self.redis_url.clone()),
             ("WORKER_DELAY", delay.to_string()),
             ("WORKER_CONCURRENCY", concurrency.to_string()),
+            ("WORKER_BATCH", batch.to_string()),
             ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
         ];
-        let name = format!("worker-{concurrency}");
+        let name = format!("worker-{concurrency}x{batch}");
         let mut worker = Running::spawn(&name, &binary(options, "worker"), &[], &env, logs)?;
         worker.wait_for_log("worker starting")?;
         worker.listening_addr()?;
@@ -285,7 +289,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     }
     {
         // A worker connected to everything but pausing an hour before its first unit.
-        let mut worker = stack.worker(options, &logs, 1, "1h")?;
+        let mut worker = stack.worker(options, &logs, (1, 1), "1h")?;
         std::thread::sleep(IDLE_SETTLE);
         services.get_mut("worker").expect("a service").rss_idle_mib = worker.memory()?.rss_mib();
         worker.terminate()?;
@@ -336,10 +340,10 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     }
 
     let mut turbo = Vec::new();
-    for &concurrency in &plan.sweep {
-        let step = turbo_step(&stack, options, &logs, &plan, concurrency)?;
+    for &(concurrency, batch) in &plan.sweep {
+        let step = turbo_step(&stack, options, &logs, &plan, (concurrency, batch))?;
         eprintln!(
-            "bench: turbo, {concurrency} in flight: {:.0} hashes/s",
+            "bench: turbo, {concurrency} in flight x {batch} per call: {:.0} hashes/s",
             step.hashes_per_s
         );
         turbo.push(step);
@@ -423,7 +427,7 @@ pub fn up(options: &Options, worker: Option<u32>, duration: Duration) -> anyhow:
     std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
     let stack = Stack::start(options, &logs)?;
     let worker = match worker {
-        Some(concurrency) => Some(stack.worker(options, &logs, concurrency, "0s")?),
+        Some(concurrency) => Some(stack.worker(options, &logs, (concurrency, 1), "0s")?),
         None => None,
     };
     println!("REDIS_URL={}", stack.redis_url);
@@ -503,17 +507,18 @@ fn grpc_measure(stack: &Stack, key: &str, what: &str, load: &Load) -> anyhow::Re
     })
 }
 
-/// One step of the turbo sweep: a fresh worker with `concurrency` units in flight, its rate in
-/// Redis, its memory at the end, and its exit on SIGTERM while mining flat out.
+/// One step of the turbo sweep: a fresh worker with `concurrency` call pairs in flight of `batch`
+/// units each, its rate in Redis, its memory at the end, and its exit on SIGTERM while mining
+/// flat out.
 fn turbo_step(
     stack: &Stack,
     options: &Options,
     logs: &Path,
     plan: &Plan,
-    concurrency: u32,
+    (concurrency, batch): (u32, u32),
 ) -> anyhow::Result<TurboStep> {
     let mut counter = Counter::connect(&stack.redis_url)?;
-    let mut worker = stack.worker(options, logs, concurrency, "0s")?;
+    let mut worker = stack.worker(options, logs, (concurrency, batch), "0s")?;
     let mut processes = stack.processes();
     processes.insert(0, &worker);
     let mut watch = None;
@@ -529,6 +534,7 @@ fn turbo_step(
     let exit = worker.terminate()?;
     Ok(TurboStep {
         concurrency,
+        batch,
         hashes_per_s: turbo::rate(first, last),
         window_s: (last.at - first.at).as_secs_f64(),
         worker_peak_rss_mib: peak,
