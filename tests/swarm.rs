@@ -291,32 +291,30 @@ impl Stack {
         (end.1 - first) as f64 / (end.0 - start).as_secs_f64()
     }
 
-    /// For each task, the rng addresses each worker task has logged as serving.
+    /// For each worker task, the rng addresses it has logged as serving, read from its
+    /// container's log (`docker service logs` can hang where `docker logs` does not; on one node
+    /// every task's container is local).
     fn rng_replicas_per_worker(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let logs = docker(&["service", "logs", "--no-trunc", &self.service("worker")]);
-        let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for line in logs.lines() {
-            // `<stack>_worker.<slot>.<task id>@<node>    | … replica serving addr=10.0.1.5:8001`
-            let Some((prefix, message)) = line.split_once('|') else {
+        let mut seen = BTreeMap::new();
+        for task in self.tasks("worker") {
+            let Some(container) = task.container else {
                 continue;
             };
-            let Some((_, serving)) = message.split_once("replica serving") else {
-                continue;
-            };
-            let task = prefix
-                .trim()
-                .split('@')
-                .next()
-                .and_then(|name| name.rsplit('.').next())
-                .unwrap_or_default();
-            let addr = serving
-                .split_whitespace()
-                .find_map(|field| field.strip_prefix("addr="))
-                .unwrap_or_default();
-            if addr.ends_with(":8001") {
-                let ip = addr.trim_end_matches(":8001").to_string();
-                seen.entry(task.to_string()).or_default().insert(ip);
-            }
+            // The binaries log to stderr.
+            let logs = output("docker", &["logs", &container]);
+            let rng: BTreeSet<String> = String::from_utf8_lossy(&logs.stderr)
+                .lines()
+                .filter_map(|line| line.split_once("replica serving"))
+                .filter_map(|(_, fields)| {
+                    // `… replica serving addr=10.0.1.5:8001`
+                    fields
+                        .split_whitespace()
+                        .find_map(|field| field.strip_prefix("addr="))
+                        .and_then(|addr| addr.strip_suffix(":8001"))
+                        .map(str::to_string)
+                })
+                .collect();
+            seen.insert(task.id, rng);
         }
         seen
     }
