@@ -163,12 +163,8 @@ fn redis_counts_the_calls_each_replica_served_and_the_webui_shows_their_rates() 
     let (_, status) = mesh.worker.terminate();
     assert!(status.success());
     let hashes = mesh.redis.hashes();
-    let mut connection = mesh.redis.connection();
     for service in ["rng", "hasher"] {
-        let served: std::collections::BTreeMap<String, u64> = redis::cmd("HGETALL")
-            .arg(format!("dockercoins:served:{service}"))
-            .query(&mut connection)
-            .unwrap();
+        let served = mesh.redis.served(service);
         eprintln!("{service}: {served:?} for {hashes} hashes");
         assert_eq!(
             served.values().sum::<u64>(),

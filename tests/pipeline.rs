@@ -113,10 +113,7 @@ fn turbo_batches_count_every_unit_and_keep_every_coin() {
         "{coins} coins for {hashes} units"
     );
     // rng and hasher served one call per batch.
-    let calls: std::collections::BTreeMap<String, u64> = redis::cmd("HGETALL")
-        .arg("dockercoins:served:hasher")
-        .query(&mut connection)
-        .unwrap();
+    let calls = redis.served("hasher");
     assert_eq!(calls.values().sum::<u64>() * 64, hashes, "{calls:?}");
 }
 

@@ -304,6 +304,15 @@ impl Redis {
         (end.1 - first) as f64 / (end.0 - start).as_secs_f64()
     }
 
+    /// The calls each replica of `service` served, as the workers count them in
+    /// `dockercoins:served:<service>`.
+    pub fn served(&self, service: &str) -> std::collections::BTreeMap<String, u64> {
+        redis::cmd("HGETALL")
+            .arg(format!("dockercoins:served:{service}"))
+            .query(&mut self.connection())
+            .expect("HGETALL dockercoins:served")
+    }
+
     /// `GET hashes` as a number, 0 when missing.
     pub fn hashes(&self) -> u64 {
         let value: Option<u64> = redis::cmd("GET")

@@ -27,9 +27,9 @@ use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::{Change, Discover};
 use tower::util::BoxService;
+use tower::{BoxError, Service};
 
 use crate::load::{Measured, Rotation};
-use tower::{BoxError, Service};
 
 /// How calls are spread over the replicas.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -35,6 +35,10 @@ pub fn parse_url(url: &str) -> Result<String, String> {
         .map_err(|err| format!("not a Redis URL such as redis://127.0.0.1:6379 ({err})"))
 }
 
+/// The services whose replicas the workers count in [`served_key`], in the order the worker's
+/// flush script takes them and the dashboard shows them.
+pub const SERVED_SERVICES: [&str; 2] = ["rng", "hasher"];
+
 /// The Redis hash in which the workers count, per replica of `service` ("rng" or "hasher"), the
 /// calls it served: field = the replica's name (its hostname), value = calls.
 pub fn served_key(service: &str) -> String {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::rate::{HashRate, WINDOW};
 
 /// The services whose replicas are shown, in the dashboard's order.
-pub const SERVICES: [&str; 2] = ["rng", "hasher"];
+pub use mesh::redis::SERVED_SERVICES as SERVICES;
 
 /// One replica as `/json` reports it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
+use mesh::redis::SERVED_SERVICES;
 use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
@@ -53,9 +54,6 @@ redis.call('INCRBY', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// The services whose replicas are counted, in the order [`APPLY_BATCH`] takes them.
-const SERVED: [&str; 2] = ["rng", "hasher"];
-
 /// One second's work, as sent to Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -84,7 +82,7 @@ impl Flusher {
             pool,
             script: redis::Script::new(APPLY_BATCH),
             sequence_key: format!("dockercoins:worker:{worker_id}:flushed"),
-            served_keys: SERVED.map(mesh::redis::served_key),
+            served_keys: SERVED_SERVICES.map(mesh::redis::served_key),
             next_sequence: 1,
             in_doubt: None,
         }
@@ -204,10 +202,10 @@ impl Flusher {
                 .iter()
                 .filter(move |((of, _), _)| *of == service)
         };
-        for service in SERVED {
+        for service in SERVED_SERVICES {
             invocation.arg(of(service).count());
         }
-        for service in SERVED {
+        for service in SERVED_SERVICES {
             for ((_, replica), calls) in of(service) {
                 invocation.arg(replica).arg(calls);
             }
