@@ -5,7 +5,7 @@
 //! `dockercoins_request_duration_seconds`.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -18,17 +18,34 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// How often histogram samples are folded into their buckets. The exporter keeps every sample
+/// recorded since the last fold: without it, memory grows with each request until something
+/// scrapes `/metrics` (30,000 requests a second leave ~0.5 MB of samples per second).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process's recorder once, and returns the handle that renders it.
+/// Installs the process's recorder once, and returns the handle that renders it. Called inside a
+/// Tokio runtime, it also starts the task that folds histogram samples every second.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &BUCKETS)
                 .expect("the buckets are not empty")
                 .install_recorder()
-                .expect("no other metrics recorder is installed")
+                .expect("no other metrics recorder is installed");
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let handle = handle.clone();
+                runtime.spawn(async move {
+                    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+                    loop {
+                        ticks.tick().await;
+                        handle.run_upkeep();
+                    }
+                });
+            }
+            handle
         })
         .clone()
 }
