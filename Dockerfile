@@ -11,6 +11,8 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Only what the binaries are built from, so that editing tests, scripts or docs keeps this cached.
 COPY Cargo.toml Cargo.lock build.rs ./
+# Build settings: the allocator's compile-time defaults (see .cargo/config.toml).
+COPY .cargo .cargo
 COPY proto proto
 COPY src src
 COPY crates crates

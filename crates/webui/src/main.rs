@@ -3,8 +3,14 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<ExitCode> {
+    mesh::runtime::build()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<ExitCode> {
     let config: webui::Config = mesh::config::parse();
     let command = mesh::command::run(
         config.command.as_ref(),

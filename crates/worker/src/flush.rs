@@ -24,8 +24,11 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between tries while shutting down with Redis unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Coins per batch: keeps one script call small whatever piled up during an outage.
-const MAX_COINS_PER_BATCH: usize = 1000;
+/// Coins per batch: keeps one script call small (under a megabyte) whatever piled up.
+const MAX_COINS_PER_BATCH: usize = 5000;
+/// Batches per flush. A turbo worker finds tens of thousands of coins a second: batches follow
+/// one another until the coins found so far are in Redis, so the wallet keeps up.
+const MAX_BATCHES_PER_FLUSH: usize = crate::tally::MAX_PENDING_COINS / MAX_COINS_PER_BATCH;
 /// How long Redis remembers a worker's last batch number. A retry comes within seconds; a worker
 /// gone for an hour is not coming back with the same batch.
 const SEQUENCE_TTL_SECONDS: u64 = 3600;
@@ -98,7 +101,11 @@ impl Flusher {
                 _ = ticks.tick() => {}
                 () = shutdown.cancelled() => break,
             }
-            self.flush_once(tally).await;
+            for _ in 0..MAX_BATCHES_PER_FLUSH {
+                if !self.flush_once(tally).await || !tally.has_coins() {
+                    break;
+                }
+            }
         }
     }
 
@@ -138,7 +145,10 @@ impl Flusher {
                 return true;
             }
             let units = pending.units;
-            info!("{units} units of work done, updating hash counter");
+            // The original's line, once a second; the further batches of a flush carry coins only.
+            if units > 0 {
+                info!("{units} units of work done, updating hash counter");
+            }
             self.in_doubt = Some(Batch {
                 sequence: self.next_sequence,
                 units,
@@ -211,7 +221,7 @@ impl Flusher {
             }
         }
         for coin in &batch.coins {
-            invocation.arg(&coin.digest).arg(&coin.data);
+            invocation.arg(coin.digest_hex()).arg(&coin.data[..]);
         }
         let applied: i64 = invocation.invoke_async(&mut *connection).await?;
         Ok(applied == 1)

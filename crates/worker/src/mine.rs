@@ -18,7 +18,7 @@ use dockercoins::rng::v1::GenerateRequest;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
 use mesh::balance::Balanced;
 use mesh::trace::TraceContext;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::retry::with_retries;
 use crate::tally::{Coin, Replica, Tally};
@@ -37,6 +37,8 @@ pub enum UnitError {
     ShortRead { got: usize, asked: usize },
     #[error("hasher returned {got} digests instead of {asked}")]
     MissingDigests { got: usize, asked: usize },
+    #[error("hasher returned {digest:?}, not a SHA-256 digest in 64 hex digits")]
+    BadDigest { digest: String },
 }
 
 /// The two services a worker calls.
@@ -118,15 +120,17 @@ impl Backends {
                 asked: self.batch as usize,
             });
         }
-        let coins = digests
-            .into_iter()
-            .zip(data.chunks(RANDOM_BYTES as usize))
-            .filter(|(digest, _)| is_coin(digest))
-            .map(|(digest, data)| Coin {
-                digest,
-                data: data.to_vec(),
-            })
-            .collect();
+        let mut coins = Vec::new();
+        for (digest, data) in digests.iter().zip(data.chunks(RANDOM_BYTES as usize)) {
+            if is_coin(digest) {
+                coins.push(Coin {
+                    digest: parse_digest(digest)?,
+                    data: data
+                        .try_into()
+                        .expect("rng's answer is whole 32-byte units"),
+                });
+            }
+        }
         Ok(Mined {
             units: self.batch.into(),
             coins,
@@ -158,6 +162,15 @@ fn served_by<T>(service: &'static str, response: &tonic::Response<T>) -> Replica
     metrics::counter!("dockercoins_picks_total", "service" => service, "replica" => replica.clone())
         .increment(1);
     (service, replica)
+}
+
+/// A SHA-256 digest from its 64 hex digits.
+fn parse_digest(digest: &str) -> Result<[u8; 32], UnitError> {
+    let mut bytes = [0; 32];
+    hex::decode_to_slice(digest, &mut bytes).map_err(|_| UnitError::BadDigest {
+        digest: digest.to_string(),
+    })?;
+    Ok(bytes)
 }
 
 /// A digest that starts with `0` is a coin (one in sixteen).
@@ -209,8 +222,14 @@ pub async fn mine_forever(
                 coins,
                 served_by,
             }) => {
+                // One line per coin, as the original printed, while units come one at a time;
+                // batched (turbo) mining finds thousands a second, so those lines are debug.
                 for coin in &coins {
-                    info!(digest = %coin.digest, "coin found");
+                    if backends.batch == 1 {
+                        info!(digest = %coin.digest_hex(), "coin found");
+                    } else {
+                        debug!(digest = %coin.digest_hex(), "coin found");
+                    }
                 }
                 tally.record(units, coins, served_by);
                 retries = backoff();
@@ -236,6 +255,18 @@ mod tests {
         assert!(is_coin("0a1b"));
         assert!(!is_coin("a01b"));
         assert!(!is_coin(""));
+    }
+
+    #[test]
+    fn digests_are_64_hex_digits() {
+        let hex = "0f".repeat(32);
+        assert_eq!(parse_digest(&hex).unwrap(), [0x0f; 32]);
+        for bad in ["0f", &"zz".repeat(32), &"0f".repeat(33)] {
+            assert!(matches!(
+                parse_digest(bad),
+                Err(UnitError::BadDigest { .. })
+            ));
+        }
     }
 
     #[test]

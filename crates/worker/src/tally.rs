@@ -12,11 +12,20 @@ use std::sync::Mutex;
 /// their wallet entries are dropped (and logged), so that memory stays bounded.
 pub const MAX_PENDING_COINS: usize = 100_000;
 
-/// A coin: a digest that starts with `0`, and the random bytes it is the digest of.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A coin: a SHA-256 digest whose hex starts with `0`, and the 32 random bytes it is the digest
+/// of. Both inline, no allocation: a turbo worker finds ~40,000 coins a second and holds them
+/// until the next flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Coin {
-    pub digest: String,
-    pub data: Vec<u8>,
+    pub digest: [u8; 32],
+    pub data: [u8; 32],
+}
+
+impl Coin {
+    /// The digest as the wallet's field name, and the logs, show it: 64 hex digits.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
 }
 
 /// A replica of a service: which service ("rng" or "hasher"), and its name.
@@ -84,6 +93,12 @@ impl Tally {
         pending.units == 0 && pending.coins.is_empty()
     }
 
+    /// Whether coins wait to be taken.
+    pub fn has_coins(&self) -> bool {
+        let pending = self.pending.lock().expect("tally lock is never poisoned");
+        !pending.coins.is_empty()
+    }
+
     /// Units counted and not yet taken.
     pub fn units(&self) -> u64 {
         self.pending
@@ -99,8 +114,8 @@ mod tests {
 
     fn coin(n: u8) -> Coin {
         Coin {
-            digest: format!("0{n}"),
-            data: vec![n],
+            digest: [n; 32],
+            data: [n; 32],
         }
     }
 
