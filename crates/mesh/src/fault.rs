@@ -6,15 +6,19 @@
 //! applies to the service's calls and shim requests, never to health, reflection, metrics or this
 //! endpoint, so probes keep telling the truth about the process.
 
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::{BoxFuture, Either};
+use tower::{Layer, Service};
 
 /// The fault in force.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -25,10 +29,19 @@ pub struct Setting {
     pub error_rate: f64,
 }
 
-/// The shared, changeable fault of one server.
+/// The shared, changeable fault of one server. As a layer (for `Router::route_layer`), it applies
+/// the fault to each request (health, reflection and metrics are exempt).
 #[derive(Clone, Debug, Default)]
 pub struct Fault {
-    setting: Arc<RwLock<Setting>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    setting: RwLock<Setting>,
+    /// Whether the setting is not the default, so that requests read one atomic, not the lock,
+    /// when there is no fault: every request of every service passes here.
+    active: AtomicBool,
 }
 
 /// `POST /admin/fault` body: fields left out keep their value.
@@ -48,9 +61,9 @@ struct Shown {
 impl Fault {
     pub fn new(setting: Setting) -> Result<Self, String> {
         check_rate(setting.error_rate)?;
-        Ok(Self {
-            setting: Arc::new(RwLock::new(setting)),
-        })
+        let fault = Self::default();
+        fault.set(setting);
+        Ok(fault)
     }
 
     /// The fault a service's configuration sets, its error rate already checked by
@@ -61,16 +74,30 @@ impl Fault {
 
     pub fn get(&self) -> Setting {
         *self
+            .shared
             .setting
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set(&self, setting: Setting) {
-        *self
+        let mut current = self
+            .shared
             .setting
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = setting;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = setting;
+        self.shared
+            .active
+            .store(setting != Setting::default(), Ordering::Release);
+    }
+
+    /// The setting, unless there is no fault.
+    fn active(&self) -> Option<Setting> {
+        self.shared
+            .active
+            .load(Ordering::Acquire)
+            .then(|| self.get())
     }
 
     /// `GET` and `POST /admin/fault`.
@@ -140,27 +167,67 @@ fn refuse(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
 }
 
-/// Middleware applying the fault to a request (health, reflection and metrics are exempt).
-pub async fn apply(State(fault): State<Fault>, request: Request, next: Next) -> Response {
-    let setting = fault.get();
-    let exempt = request.uri().path().starts_with("/grpc.");
-    if exempt || setting == Setting::default() {
-        return next.run(request).await;
-    }
-    if !setting.delay.is_zero() {
-        tokio::time::sleep(setting.delay).await;
-    }
-    if setting.error_rate > 0.0 && rand::random::<f64>() < setting.error_rate {
-        let grpc = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
-            return tonic::Status::unavailable("injected fault").into_http::<axum::body::Body>();
+impl<S> Layer<S> for Fault {
+    type Service = Faulty<S>;
+
+    fn layer(&self, inner: S) -> Faulty<S> {
+        Faulty {
+            inner,
+            fault: self.clone(),
         }
-        return (StatusCode::SERVICE_UNAVAILABLE, "injected fault\n").into_response();
     }
-    next.run(request).await
+}
+
+/// A service whose requests get the [`Fault`] in force.
+#[derive(Clone, Debug)]
+pub struct Faulty<S> {
+    inner: S,
+    fault: Fault,
+}
+
+impl<S> Service<Request> for Faulty<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let setting = match self.fault.active() {
+            Some(setting) if !request.uri().path().starts_with("/grpc.") => setting,
+            _ => return Either::Left(self.inner.call(request)),
+        };
+        // The service that was made ready goes into the future; this one keeps a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Either::Right(Box::pin(async move {
+            if !setting.delay.is_zero() {
+                tokio::time::sleep(setting.delay).await;
+            }
+            if setting.error_rate > 0.0 && rand::random::<f64>() < setting.error_rate {
+                return Ok(injected_failure(&request));
+            }
+            inner.call(request).await
+        }))
+    }
+}
+
+/// UNAVAILABLE for a gRPC call, 503 for an HTTP request.
+fn injected_failure(request: &Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return tonic::Status::unavailable("injected fault").into_http::<axum::body::Body>();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, "injected fault\n").into_response()
 }
 
 #[cfg(test)]

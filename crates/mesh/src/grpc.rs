@@ -113,11 +113,8 @@ where
     let app = shim
         .merge(grpc)
         // Injected faults delay or fail a request before it queues (see `crate::fault`).
-        .route_layer(axum::middleware::from_fn_with_state(
-            fault.clone(),
-            crate::fault::apply,
-        ))
-        .route_layer(axum::middleware::from_fn(crate::metrics::record))
+        .route_layer(fault.clone())
+        .route_layer(crate::metrics::RecordLayer)
         // Outside the queue, the faults and the counts: scraping and the fault switch must
         // answer whatever the workers do.
         .merge(crate::metrics::routes())

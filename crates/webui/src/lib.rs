@@ -118,7 +118,7 @@ pub fn app(state: AppState) -> Router {
         .merge(assets::routes())
         .route("/json", get(json))
         .route("/healthz", get(healthz))
-        .route_layer(axum::middleware::from_fn(mesh::metrics::record))
+        .route_layer(mesh::metrics::RecordLayer)
         .merge(mesh::metrics::routes())
         // After the routes: it applies to those already added.
         .method_not_allowed_fallback(method_not_allowed)
