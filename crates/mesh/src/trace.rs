@@ -68,6 +68,10 @@ impl Default for TraceContext {
 /// The span of one served request (for tower-http's `TraceLayer::make_span_with`): method, path
 /// and, when the caller sent one, the trace id.
 pub fn request_span(request: &Request) -> Span {
+    // At the default level the span is off: skip reading the header for it.
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return Span::none();
+    }
     let trace_id = request
         .headers()
         .get(TRACEPARENT)
