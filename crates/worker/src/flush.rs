@@ -16,7 +16,7 @@ use mesh::redis::SERVED_SERVICES;
 use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
-use crate::tally::{Coin, Replica, Tally};
+use crate::tally::{Coin, Pending, Replica, Tally};
 
 /// How often the work done is added to Redis (the original's "once a second").
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,7 +25,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between tries while shutting down with Redis unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Coins per batch: keeps one script call small (under a megabyte) whatever piled up.
-const MAX_COINS_PER_BATCH: usize = 5000;
+const MAX_COINS_PER_BATCH: usize = crate::tally::COINS_PER_BATCH;
 /// Batches per flush. A turbo worker finds tens of thousands of coins a second: batches follow
 /// one another until the coins found so far are in Redis, so the wallet keeps up.
 const MAX_BATCHES_PER_FLUSH: usize = crate::tally::MAX_PENDING_COINS / MAX_COINS_PER_BATCH;
@@ -98,13 +98,19 @@ impl Flusher {
         ticks.tick().await; // The first tick is immediate: nothing to flush yet.
         loop {
             tokio::select! {
-                _ = ticks.tick() => {}
-                () = shutdown.cancelled() => break,
-            }
-            for _ in 0..MAX_BATCHES_PER_FLUSH {
-                if !self.flush_once(tally).await || !tally.has_coins() {
-                    break;
+                _ = ticks.tick() => {
+                    for _ in 0..MAX_BATCHES_PER_FLUSH {
+                        if !self.flush_once(tally).await || !tally.has_coins() {
+                            break;
+                        }
+                    }
                 }
+                // Between ticks, a full batch of coins goes at once (while Redis answers): memory
+                // stays at a batch's worth whatever the rate. The units keep their once a second.
+                () = tally.coins_waiting(), if self.in_doubt.is_none() => {
+                    self.send(tally, Tally::take_coins).await;
+                }
+                () = shutdown.cancelled() => break,
             }
         }
     }
@@ -133,8 +139,13 @@ impl Flusher {
     /// Sends the batch in doubt, or else a new batch from the tally. Returns whether Redis took it
     /// (or there was nothing to send).
     pub async fn flush_once(&mut self, tally: &Tally) -> bool {
+        self.send(tally, Tally::take).await
+    }
+
+    /// Sends the batch in doubt, or else a new batch of what `take` takes from the tally.
+    async fn send(&mut self, tally: &Tally, take: fn(&Tally, usize) -> Pending) -> bool {
         if self.in_doubt.is_none() {
-            let pending = tally.take(MAX_COINS_PER_BATCH);
+            let pending = take(tally, MAX_COINS_PER_BATCH);
             if pending.dropped_coins > 0 {
                 warn!(
                     coins = pending.dropped_coins,

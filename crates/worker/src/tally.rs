@@ -7,10 +7,15 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 /// Coins kept while Redis is unreachable. At the workshop's speed (a coin every few seconds) this
 /// is days of outage; in turbo mode, minutes. Past it, coins are still counted as units of work but
 /// their wallet entries are dropped (and logged), so that memory stays bounded.
 pub const MAX_PENDING_COINS: usize = 100_000;
+/// Coins sent to Redis in one batch at most; as soon as this many wait, the flusher is told
+/// (see [`Tally::coins_waiting`]), so that a turbo worker's coins do not pile up for a second.
+pub const COINS_PER_BATCH: usize = 5000;
 
 /// A coin: a SHA-256 digest whose hex starts with `0`, and the 32 random bytes it is the digest
 /// of. Both inline, no allocation: a turbo worker finds ~40,000 coins a second and holds them
@@ -35,6 +40,8 @@ pub type Replica = (&'static str, String);
 #[derive(Debug, Default)]
 pub struct Tally {
     pending: Mutex<Pending>,
+    /// Told when a batch's worth of coins waits.
+    coins_ready: Notify,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -68,6 +75,33 @@ impl Tally {
             } else {
                 pending.dropped_coins += 1;
             }
+        }
+        let batch_ready = pending.coins.len() >= COINS_PER_BATCH;
+        drop(pending);
+        if batch_ready {
+            self.coins_ready.notify_one();
+        }
+    }
+
+    /// Waits until a batch's worth of coins waits (at once if that happened since the last call).
+    pub async fn coins_waiting(&self) {
+        self.coins_ready.notified().await;
+    }
+
+    /// Takes up to `max_coins` coins, and nothing else: the units wait for the next [`take`].
+    ///
+    /// [`take`]: Tally::take
+    pub fn take_coins(&self, max_coins: usize) -> Pending {
+        let mut pending = self.pending.lock().expect("tally lock is never poisoned");
+        let coins = if pending.coins.len() <= max_coins {
+            std::mem::take(&mut pending.coins)
+        } else {
+            pending.coins.drain(..max_coins).collect()
+        };
+        Pending {
+            coins,
+            dropped_coins: std::mem::take(&mut pending.dropped_coins),
+            ..Pending::default()
         }
     }
 
@@ -143,6 +177,28 @@ mod tests {
         assert_eq!(
             (second.units, second.coins),
             (0, vec![coin(2), coin(3), coin(4)])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_coins_can_be_taken_before_the_units() {
+        let tally = Tally::default();
+        for n in 0..COINS_PER_BATCH + 1 {
+            tally.record(1, vec![coin(n as u8)], [("rng", "a".to_string())]);
+        }
+        // Told once the batch was there; the permit waits for the flusher.
+        tokio::time::timeout(std::time::Duration::from_secs(1), tally.coins_waiting())
+            .await
+            .expect("told that a batch of coins waits");
+        let coins = tally.take_coins(COINS_PER_BATCH);
+        assert_eq!((coins.units, coins.coins.len()), (0, COINS_PER_BATCH));
+        assert!(coins.served.is_empty());
+        let rest = tally.take(COINS_PER_BATCH);
+        assert_eq!(rest.units, COINS_PER_BATCH as u64 + 1);
+        assert_eq!(rest.coins, vec![coin(COINS_PER_BATCH as u8)]);
+        assert_eq!(
+            rest.served.values().sum::<u64>(),
+            COINS_PER_BATCH as u64 + 1
         );
     }
 
