@@ -33,6 +33,22 @@ impl Coin {
     }
 }
 
+impl Pending {
+    /// Up to `max_coins` coins (the oldest first) and the count of dropped ones, nothing else.
+    fn take_coins(&mut self, max_coins: usize) -> Pending {
+        let coins = if self.coins.len() <= max_coins {
+            std::mem::take(&mut self.coins)
+        } else {
+            self.coins.drain(..max_coins).collect()
+        };
+        Pending {
+            coins,
+            dropped_coins: std::mem::take(&mut self.dropped_coins),
+            ..Pending::default()
+        }
+    }
+}
+
 /// A replica of a service: which service ("rng" or "hasher"), and its name.
 pub type Replica = (&'static str, String);
 
@@ -93,31 +109,16 @@ impl Tally {
     /// [`take`]: Tally::take
     pub fn take_coins(&self, max_coins: usize) -> Pending {
         let mut pending = self.pending.lock().expect("tally lock is never poisoned");
-        let coins = if pending.coins.len() <= max_coins {
-            std::mem::take(&mut pending.coins)
-        } else {
-            pending.coins.drain(..max_coins).collect()
-        };
-        Pending {
-            coins,
-            dropped_coins: std::mem::take(&mut pending.dropped_coins),
-            ..Pending::default()
-        }
+        pending.take_coins(max_coins)
     }
 
     /// Takes all the units and up to `max_coins` coins; the other coins wait for the next take.
     pub fn take(&self, max_coins: usize) -> Pending {
         let mut pending = self.pending.lock().expect("tally lock is never poisoned");
-        let coins = if pending.coins.len() <= max_coins {
-            std::mem::take(&mut pending.coins)
-        } else {
-            pending.coins.drain(..max_coins).collect()
-        };
         Pending {
             units: std::mem::take(&mut pending.units),
-            coins,
-            dropped_coins: std::mem::take(&mut pending.dropped_coins),
             served: std::mem::take(&mut pending.served),
+            ..pending.take_coins(max_coins)
         }
     }
 
