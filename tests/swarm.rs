@@ -434,6 +434,7 @@ fn build_images() {
         ".dockerignore",
         "Cargo.toml",
         "Cargo.lock",
+        ".cargo",
         "build.rs",
         "proto",
         "src",

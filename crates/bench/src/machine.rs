@@ -114,6 +114,7 @@ fn commit() -> String {
         "--",
         "Cargo.toml",
         "Cargo.lock",
+        ".cargo",
         "build.rs",
         "src",
         "proto",
