@@ -220,11 +220,7 @@ where
 
 /// UNAVAILABLE for a gRPC call, 503 for an HTTP request.
 fn injected_failure(request: &Request) -> Response {
-    let grpc = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if crate::grpc::is_grpc(request.headers()) {
         return tonic::Status::unavailable("injected fault").into_http::<axum::body::Body>();
     }
     (StatusCode::SERVICE_UNAVAILABLE, "injected fault\n").into_response()

@@ -138,16 +138,19 @@ where
 /// The response header (gRPC metadata) naming the replica that answered.
 pub const SERVED_BY: &str = "x-served-by";
 
+/// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto`, …).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Answers requests that match no route: gRPC's UNIMPLEMENTED for gRPC clients, and a 404 with a
 /// one-line reason for everyone else (tonic's own fallback would answer HTTP 200 with an empty
 /// body, which tells a `curl` user nothing).
 pub async fn fallback(request: axum::extract::Request) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let is_grpc = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-    if is_grpc {
+    if is_grpc(request.headers()) {
         let status =
             tonic::Status::unimplemented(format!("no such method: {}", request.uri().path()));
         return status.into_http::<axum::body::Body>();

@@ -112,7 +112,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let grpc = is_grpc(request.headers());
+        let grpc = crate::grpc::is_grpc(request.headers());
         // The matched route, not the raw path, for HTTP: `/{n}` must not make one series per
         // size. gRPC routes match a whole service; the method is the path.
         let route = match request.extensions().get::<MatchedPath>() {
@@ -159,13 +159,6 @@ where
         }
         Poll::Ready(result)
     }
-}
-
-/// Whether a request or response is gRPC, by its content type.
-fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The gRPC status codes as label values: 0 (OK) to 16 (UNAUTHENTICATED).
