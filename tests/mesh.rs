@@ -142,12 +142,7 @@ fn redis_counts_the_calls_each_replica_served_and_the_webui_shows_their_rates() 
         Duration::from_secs(10),
         "three rng replicas in /json",
         || {
-            let json: serde_json::Value = http()
-                .get(format!("{}/json", webui.url()))
-                .send()
-                .ok()?
-                .json()
-                .ok()?;
+            let json = webui.get_json("/json")?;
             let rng = json["replicas"]["rng"].as_array()?.clone();
             let serving = rng
                 .iter()

@@ -58,12 +58,7 @@ fn mines_coins_into_redis_and_the_webui_reports_them() {
 
     // /json answers from the webui's latest reading, at most 250 ms old.
     let json = eventually(Duration::from_secs(2), "/json to catch up", || {
-        let json: serde_json::Value = http()
-            .get(format!("{}/json", webui.url()))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
+        let json = webui.get_json("/json")?;
         (json["coins"].as_u64()? >= coins).then_some(json)
     });
     let now = SystemTime::now()

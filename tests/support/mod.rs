@@ -210,6 +210,16 @@ impl Service {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// `GET path` parsed as JSON, or `None` while the service cannot answer it.
+    pub fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        http()
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    }
 }
 
 fn leak(s: String) -> &'static str {
