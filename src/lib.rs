@@ -4,6 +4,8 @@
 //! lives in one place. [`FILE_DESCRIPTOR_SET`] feeds server reflection, which is how `grpcurl`
 //! works against rng and hasher with no `.proto` file at hand.
 
+pub mod codec;
+
 /// `dockercoins.rng.v1`: random bytes.
 pub mod rng {
     pub mod v1 {
