@@ -51,6 +51,18 @@ pub struct Config {
     pub command: Option<mesh::Command>,
 }
 
+impl mesh::binary::ServiceConfig for Config {
+    const PROBE: mesh::command::Probe = mesh::command::Probe::Grpc;
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn command(&self) -> Option<&mesh::Command> {
+        self.command.as_ref()
+    }
+}
+
 /// Room for the protobuf framing around `data` (a tag and a length varint) in the gRPC decoding
 /// limit, so that `data` of exactly `max_body` bytes is accepted.
 const PROTO_OVERHEAD: usize = 16;

@@ -8,22 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<ExitCode> {
-    mesh::runtime::build()?.block_on(serve())
-}
-
-async fn serve() -> anyhow::Result<ExitCode> {
-    let config: hasher::Config = mesh::config::parse();
-    let command = mesh::command::run(
-        config.command.as_ref(),
-        config.listen,
-        mesh::command::Probe::Grpc,
-    );
-    if let Some(code) = command.await? {
-        return Ok(code);
-    }
-    mesh::telemetry::init();
-    let shutdown = mesh::shutdown::on_signal();
-    let listener = mesh::serve::bind(config.listen).await?;
-    hasher::run(config, listener, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    mesh::binary::main(hasher::run)
 }

@@ -5,6 +5,7 @@
 //! `mesh` knows no service: services depend on it, never the other way round.
 
 pub mod balance;
+pub mod binary;
 pub mod command;
 pub mod config;
 pub mod discovery;

@@ -50,6 +50,18 @@ pub struct Config {
     pub command: Option<mesh::Command>,
 }
 
+impl mesh::binary::ServiceConfig for Config {
+    const PROBE: mesh::command::Probe = mesh::command::Probe::Grpc;
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn command(&self) -> Option<&mesh::Command> {
+        self.command.as_ref()
+    }
+}
+
 /// Why a request for random bytes is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GenerateError {

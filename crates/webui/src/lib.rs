@@ -53,6 +53,18 @@ pub struct Config {
     pub command: Option<mesh::Command>,
 }
 
+impl mesh::binary::ServiceConfig for Config {
+    const PROBE: mesh::command::Probe = mesh::command::Probe::Http("/healthz");
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn command(&self) -> Option<&mesh::Command> {
+        self.command.as_ref()
+    }
+}
+
 /// Connections to Redis: the sampler is the only reader (`/json` answers from its readings); a
 /// second lets a new connection open while a broken one is dropped.
 const POOL_SIZE: usize = 2;

@@ -11,6 +11,7 @@ pub mod mine;
 pub mod retry;
 pub mod tally;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
@@ -64,13 +65,25 @@ pub struct Config {
     pub batch: u32,
     /// Address of the admin listener (`/healthz`).
     #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9000")]
-    pub admin_listen: std::net::SocketAddr,
+    pub admin_listen: SocketAddr,
     /// Deadline of each call to rng or hasher (rng's queue alone can hold ten workers ~1 s).
     #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
+}
+
+impl mesh::binary::ServiceConfig for Config {
+    const PROBE: mesh::command::Probe = mesh::command::Probe::Http("/healthz");
+
+    fn listen(&self) -> SocketAddr {
+        self.admin_listen
+    }
+
+    fn command(&self) -> Option<&mesh::Command> {
+        self.command.as_ref()
+    }
 }
 
 /// Largest `WORKER_BATCH`: 32 KiB of random bytes per call, well under rng's and hasher's caps.

@@ -1,0 +1,44 @@
+//! The `main` every service binary shares: parse the configuration, then run a subcommand, or
+//! bind the listener and serve until SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+
+use crate::command::{self, Command, Probe};
+use crate::{Shutdown, config, runtime, serve, shutdown, telemetry};
+
+/// What [`main`] needs from a service's configuration besides its own settings.
+pub trait ServiceConfig: clap::Parser {
+    /// How `healthcheck` checks this service.
+    const PROBE: Probe;
+
+    /// The address the service listens on (the worker's is its admin port).
+    fn listen(&self) -> SocketAddr;
+
+    /// The subcommand asked for, if any.
+    fn command(&self) -> Option<&Command>;
+}
+
+/// Runs a service binary: parses `C` (or exits with status 2 and one line), runs its subcommand
+/// if one was given, else binds [`ServiceConfig::listen`] and hands the listener to `serve`.
+pub fn main<C, F, Fut>(serve: F) -> anyhow::Result<ExitCode>
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, Shutdown) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    runtime::build()?.block_on(async move {
+        let config: C = config::parse();
+        if let Some(code) = command::run(config.command(), config.listen(), C::PROBE).await? {
+            return Ok(code);
+        }
+        telemetry::init();
+        let shutdown = shutdown::on_signal();
+        let listener = serve::bind(config.listen()).await?;
+        serve(config, listener, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
