@@ -24,7 +24,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support_deploy::{ROOT, checked, eventually, output};
+use support_deploy::poll::eventually_every;
+use support_deploy::{ROOT, checked, output};
 
 /// The images the stack runs, built from the Dockerfile's targets as docker-compose.yml tags them.
 const IMAGES: [&str; 4] = ["rng", "hasher", "worker", "webui"];
@@ -219,7 +220,7 @@ impl Stack {
 
     /// Waits until `count` tasks of `service` run and their containers report healthy.
     fn wait_healthy(&self, service: &str, count: usize, deadline: Duration) -> Vec<Task> {
-        eventually(
+        eventually_every(
             deadline,
             Duration::from_millis(500),
             &format!("{count} healthy {service} tasks"),
@@ -247,7 +248,7 @@ impl Stack {
         self.removed = true;
         docker(&["stack", "rm", &self.name]);
         let label = format!("label=com.docker.stack.namespace={}", self.name);
-        eventually(
+        eventually_every(
             Duration::from_secs(60),
             Duration::from_millis(500),
             "the stack's containers and network to go",
@@ -268,7 +269,7 @@ impl Stack {
 
     /// Waits for `hashes` to go past `after`, and returns when and to what.
     fn next_change(&self, after: u64) -> (Instant, u64) {
-        eventually(
+        eventually_every(
             Duration::from_secs(20),
             Duration::from_millis(20),
             "hashes to grow",
@@ -531,7 +532,7 @@ fn the_stack_on_a_single_node_swarm_scales_rng_past_one_replicas_limit() {
         .map(|task| task.id)
         .collect();
     assert_eq!(workers.len(), 10);
-    eventually(
+    eventually_every(
         Duration::from_secs(60),
         Duration::from_secs(1),
         "every worker serving from the three rng tasks",

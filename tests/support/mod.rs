@@ -17,22 +17,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+mod poll;
+pub use poll::eventually_every;
+
 /// How long a service may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `probe` every 20 ms until it returns `Some`, or panics after `deadline` naming `what`.
-pub fn eventually<T>(deadline: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn eventually<T>(deadline: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    eventually_every(deadline, Duration::from_millis(20), what, probe)
 }
 
 /// The path of a binary of this workspace, built beside the test executable.

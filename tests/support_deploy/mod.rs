@@ -9,7 +9,9 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+
+#[path = "../support/poll.rs"]
+pub mod poll;
 
 /// The repository's root.
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -52,24 +54,4 @@ pub fn checked<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S]) -> Strin
         String::from_utf8_lossy(&result.stderr)
     );
     String::from_utf8_lossy(&result.stdout).into_owned()
-}
-
-/// Polls `probe` every `every` until it returns `Some`, or panics after `deadline` naming `what`.
-pub fn eventually<T>(
-    deadline: Duration,
-    every: Duration,
-    what: &str,
-    mut probe: impl FnMut() -> Option<T>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(every);
-    }
 }
