@@ -45,7 +45,8 @@ pub struct Load {
     pub streams: usize,
     /// HTTP/2 connections the streams are spread over.
     pub connections: usize,
-    /// Tokio worker threads of the client (1 = a current-thread runtime).
+    /// Threads of the client, each a current-thread runtime with its share of the connections
+    /// and streams (at most one thread per connection).
     pub threads: usize,
     pub warmup: Duration,
     pub window: Duration,
@@ -71,54 +72,40 @@ pub struct Progress {
     pub stop: AtomicBool,
 }
 
-/// Runs `load` on a runtime of its own and returns what it measured.
+/// Runs `load` and returns what it measured.
+///
+/// The load is split into shards, one per thread, each a current-thread runtime with its own
+/// connections and streams (as h2load's `-t` splits its clients): one thread polling its own
+/// HTTP/2 connection spends half the CPU per call that a multi-thread scheduler does (see
+/// `mesh::runtime`), and on two shared cores the client's CPU is what the server does not get.
 pub fn measure(load: &Load, progress: Arc<Progress>) -> anyhow::Result<Report> {
-    let runtime = if load.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(load.threads)
-            .enable_all()
-            .build()?
-    };
-    runtime.block_on(run(load.clone(), progress))
-}
-
-/// One stream's outcome: its histogram of latencies inside the window, and its errors.
-struct Stream {
-    latencies: Histogram<u64>,
-    errors: u64,
-}
-
-async fn run(load: Load, progress: Arc<Progress>) -> anyhow::Result<Report> {
-    let mut channels = Vec::new();
-    for _ in 0..load.connections.max(1) {
-        let channel = Endpoint::from_shared(load.url.clone())?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(CALL_DEADLINE)
-            .connect()
-            .await
-            .with_context(|| format!("connect to {}", load.url))?;
-        channels.push(channel);
-    }
-    let started = Instant::now();
-    let window_start = started + load.warmup;
+    let shards = load.shards();
+    // One schedule for every shard; connecting is part of the warm-up.
+    let window_start = Instant::now() + load.warmup;
     let end = window_start + load.window;
-    let mut streams = tokio::task::JoinSet::new();
-    for stream in 0..load.streams.max(1) {
-        let channel = channels[stream % channels.len()].clone();
-        let progress = progress.clone();
-        streams.spawn(call_until(load.rpc, channel, window_start, end, progress));
-    }
+    let outcomes = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..shards)
+            .map(|shard| {
+                let (load, progress) = (load.clone(), progress.clone());
+                scope.spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(run_shard(load, shard, window_start, end, progress))
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|shard| shard.join().expect("a load thread panicked"))
+            .collect::<Vec<anyhow::Result<Stream>>>()
+    });
     let mut latencies = histogram();
     let mut errors = 0;
-    while let Some(stream) = streams.join_next().await {
-        let stream = stream??;
-        latencies.add(&stream.latencies)?;
-        errors += stream.errors;
+    for outcome in outcomes {
+        let outcome = outcome?;
+        latencies.add(&outcome.latencies)?;
+        errors += outcome.errors;
     }
     let ms = |quantile: f64| latencies.value_at_quantile(quantile) as f64 / 1000.0;
     Ok(Report {
@@ -130,6 +117,64 @@ async fn run(load: Load, progress: Arc<Progress>) -> anyhow::Result<Report> {
         requests: latencies.len(),
         errors,
     })
+}
+
+impl Load {
+    /// Threads the load runs on: at most one per connection, at least one.
+    pub fn shards(&self) -> usize {
+        self.threads.min(self.connections).max(1)
+    }
+
+    /// How many of `total` (connections or streams) shard `shard` of `shards` takes: the
+    /// remainder goes to the first shards.
+    fn share(total: usize, shard: usize, shards: usize) -> usize {
+        total / shards + usize::from(shard < total % shards)
+    }
+}
+
+/// One stream's outcome, or a shard's: its histogram of latencies inside the window, and its
+/// errors.
+struct Stream {
+    latencies: Histogram<u64>,
+    errors: u64,
+}
+
+/// Shard `shard` of `load`: its share of the connections and streams, on the calling runtime.
+async fn run_shard(
+    load: Load,
+    shard: usize,
+    window_start: Instant,
+    end: Instant,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Stream> {
+    let shards = load.shards();
+    let mut channels = Vec::new();
+    for _ in 0..Load::share(load.connections.max(1), shard, shards) {
+        let channel = Endpoint::from_shared(load.url.clone())?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(CALL_DEADLINE)
+            .connect()
+            .await
+            .with_context(|| format!("connect to {}", load.url))?;
+        channels.push(channel);
+    }
+    let mut streams = tokio::task::JoinSet::new();
+    for stream in 0..Load::share(load.streams.max(1), shard, shards) {
+        let channel = channels[stream % channels.len()].clone();
+        let progress = progress.clone();
+        streams.spawn(call_until(load.rpc, channel, window_start, end, progress));
+    }
+    let mut outcome = Stream {
+        latencies: histogram(),
+        errors: 0,
+    };
+    while let Some(stream) = streams.join_next().await {
+        let stream = stream??;
+        outcome.latencies.add(&stream.latencies)?;
+        outcome.errors += stream.errors;
+    }
+    Ok(outcome)
 }
 
 fn histogram() -> Histogram<u64> {
@@ -180,4 +225,34 @@ async fn call_until(
         }
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_connections_and_streams_without_losing_any() {
+        let load = Load {
+            rpc: Rpc::Rng,
+            url: String::new(),
+            streams: 65,
+            connections: 3,
+            threads: 2,
+            warmup: Duration::ZERO,
+            window: Duration::ZERO,
+        };
+        assert_eq!(load.shards(), 2);
+        let shares = |total| [Load::share(total, 0, 2), Load::share(total, 1, 2)];
+        assert_eq!(shares(65), [33, 32]);
+        assert_eq!(shares(3), [2, 1]);
+        // Never more threads than connections.
+        let one = Load {
+            connections: 1,
+            streams: 1,
+            ..load
+        };
+        assert_eq!(one.shards(), 1);
+        assert_eq!(Load::share(1, 0, 1), 1);
+    }
 }

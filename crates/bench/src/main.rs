@@ -48,7 +48,7 @@ struct GrpcArgs {
     streams: usize,
     #[arg(long, default_value_t = 2)]
     connections: usize,
-    /// Tokio worker threads (1 = current-thread runtime).
+    /// Threads, each a current-thread runtime with its share of the connections.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]

@@ -44,8 +44,8 @@ pub struct Options {
     /// HTTP/2 connections the 64 gRPC streams share.
     #[arg(long, default_value_t = 2)]
     pub grpc_connections: usize,
-    /// Tokio worker threads of the gRPC load generator (1 = current-thread runtime). Two let it
-    /// use whichever core the servers leave; one capped it at a core and measured less.
+    /// Threads of the gRPC load generator, each a current-thread runtime with its share of the
+    /// connections. Two let it use whichever core the servers leave.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
     /// Before measuring, wait up to this long for the machine to be quiet (default: 0s with
