@@ -158,6 +158,21 @@ impl Process {
         (started.elapsed(), status)
     }
 
+    /// The process's resident memory now and at its peak (VmRSS and VmHWM), in MiB.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"))
+                / 1024.0
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -176,27 +191,43 @@ impl Drop for Process {
     }
 }
 
-/// One of the four DockerCoins binaries, listening on an ephemeral loopback port.
+/// One of the four DockerCoins binaries, listening on an ephemeral loopback port, with its admin
+/// listener (`/metrics`, `/healthz`, the fault switch) on another.
 pub struct Service {
     pub process: Process,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 impl Service {
     /// Starts `rng`, `hasher` or `webui` on 127.0.0.1:0 with `env`, and waits until it listens.
     pub fn start(name: &str, env: &[(&str, String)]) -> Self {
-        let listen_var = format!("{}_LISTEN", name.to_uppercase());
+        let upper = name.to_uppercase();
+        // The admin port is chosen here, so that the two "listening" lines can be told apart.
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut env = env.to_vec();
-        env.push((leak(listen_var), "127.0.0.1:0".to_string()));
+        env.push((leak(format!("{upper}_LISTEN")), "127.0.0.1:0".to_string()));
+        env.push((leak(format!("{upper}_ADMIN_LISTEN")), admin.to_string()));
         let process = Process::spawn(name, &workspace_binary(name), &[], &env);
-        let line = process.wait_for_log("listening addr=", START_DEADLINE);
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Self { process, addr }
+        let addr = eventually(START_DEADLINE, &format!("{name} to listen"), || {
+            process
+                .log()
+                .iter()
+                .filter_map(|line| line.split("listening addr=").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .filter_map(|addr| addr.parse::<SocketAddr>().ok())
+                .find(|addr| *addr != admin)
+        });
+        Self {
+            process,
+            addr,
+            admin,
+        }
+    }
+
+    /// `http://127.0.0.1:port` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
     }
 
     /// `http://127.0.0.1:port`, as the worker and HTTP clients want it.
