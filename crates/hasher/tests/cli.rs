@@ -13,6 +13,9 @@ fn bad_settings_exit_2_naming_the_variable() {
 #[test]
 fn start_up_faults_are_refused_when_injection_is_off() {
     let hasher = env!("CARGO_BIN_EXE_hasher");
-    let env = [("FAULT_INJECTION", "off"), ("HASHER_FAULT_ERROR_RATE", "0.5")];
+    let env = [
+        ("FAULT_INJECTION", "off"),
+        ("HASHER_FAULT_ERROR_RATE", "0.5"),
+    ];
     mesh::config::assert_rejected_with(hasher, &env, "HASHER_FAULT_ERROR_RATE");
 }
