@@ -534,7 +534,7 @@ fn health_check(target: Health) -> Result<Box<dyn FnMut() -> Result<(), String>>
                     .map_err(|status| status.to_string())?;
                 match answer.into_inner().status() {
                     ServingStatus::Serving => Ok(()),
-                    other => Err(format!("{}", other.as_str_name())),
+                    other => Err(other.as_str_name().to_string()),
                 }
             }))
         }
