@@ -193,3 +193,27 @@ pub async fn run(
     info!("worker stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_worker_is_dead_once_a_discovery_stops_but_not_while_shutting_down() {
+        let forever = || tokio::spawn(std::future::pending::<()>()).abort_handle();
+        let rng = forever();
+        let hasher = forever();
+        let shutdown = mesh::Shutdown::new();
+        let alive = liveness([("rng", rng.clone()), ("hasher", hasher)], shutdown.clone());
+        assert_eq!(alive(), Ok(()));
+
+        rng.abort();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            alive(),
+            Err("the discovery of rng replicas has stopped".to_string())
+        );
+        shutdown.cancel();
+        assert_eq!(alive(), Ok(()), "discovery stops on shutdown, as it should");
+    }
+}
