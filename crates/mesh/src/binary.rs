@@ -18,6 +18,9 @@ pub trait ServiceConfig: clap::Parser {
     /// The address the service listens on (the worker's is its admin port).
     fn listen(&self) -> SocketAddr;
 
+    /// The limits of every listener the service (or its forwarder) opens.
+    fn limits(&self) -> &crate::Limits;
+
     /// The subcommand asked for, if any.
     fn command(&self) -> Option<&Command>;
 }
@@ -32,7 +35,9 @@ where
 {
     runtime::build()?.block_on(async move {
         let config: C = config::parse();
-        if let Some(code) = command::run(config.command(), config.listen(), C::PROBE).await? {
+        if let Some(code) =
+            command::run(config.command(), config.listen(), config.limits(), C::PROBE).await?
+        {
             return Ok(code);
         }
         telemetry::init();

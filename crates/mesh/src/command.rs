@@ -30,6 +30,7 @@ pub enum Probe {
 pub async fn run(
     command: Option<&Command>,
     listen: std::net::SocketAddr,
+    limits: &crate::Limits,
     probe: Probe,
 ) -> anyhow::Result<Option<std::process::ExitCode>> {
     match command {
@@ -45,7 +46,7 @@ pub async fn run(
             crate::telemetry::init();
             let shutdown = crate::shutdown::on_signal();
             let listener = crate::serve::bind(listen).await?;
-            crate::forward::run(listener, to.clone(), shutdown).await?;
+            crate::forward::run(listener, to.clone(), limits, shutdown).await?;
             Ok(Some(std::process::ExitCode::SUCCESS))
         }
     }

@@ -168,6 +168,7 @@ pub async fn serve_until(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     health: Health,
+    limits: &crate::Limits,
     shutdown: crate::Shutdown,
 ) -> anyhow::Result<()> {
     let reporter = {
@@ -178,7 +179,7 @@ pub async fn serve_until(
             tracing::info!("reported NOT_SERVING, draining");
         })
     };
-    crate::serve(listener, app, shutdown).await?;
+    crate::serve(listener, app, limits, shutdown).await?;
     reporter.abort();
     Ok(())
 }

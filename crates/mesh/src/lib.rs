@@ -4,6 +4,7 @@
 //!
 //! `mesh` knows no service: services depend on it, never the other way round.
 
+pub mod accept;
 pub mod balance;
 pub mod binary;
 pub mod command;
@@ -12,6 +13,8 @@ pub mod discovery;
 pub mod fault;
 pub mod forward;
 pub mod grpc;
+pub mod idle;
+pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod probe;
@@ -24,6 +27,7 @@ pub mod telemetry;
 pub mod trace;
 
 pub use command::Command;
+pub use limits::Limits;
 pub use serve::serve;
 pub use shutdown::Shutdown;
 

@@ -45,6 +45,9 @@ pub struct Config {
     /// Injected share of requests that fail with UNAVAILABLE (or 503), from 0 to 1.
     #[arg(long, env = "RNG_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::fault::parse_rate)]
     pub fault_error_rate: f64,
+    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    #[command(flatten)]
+    pub limits: mesh::Limits,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
@@ -55,6 +58,10 @@ impl mesh::binary::ServiceConfig for Config {
 
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    fn limits(&self) -> &mesh::Limits {
+        &self.limits
     }
 
     fn command(&self) -> Option<&mesh::Command> {
@@ -196,7 +203,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     tracing::info!(delay = ?config.delay, concurrency = config.concurrency, max_size = config.max_size, "rng starting");
     let (health, app) = app(&config).await;
-    mesh::grpc::serve_until(listener, app, health, shutdown).await
+    mesh::grpc::serve_until(listener, app, health, &config.limits, shutdown).await
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub struct Config {
     /// Redis holding the `hashes` counter and the `wallet`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = mesh::redis::parse_url)]
     pub redis_url: String,
+    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    #[command(flatten)]
+    pub limits: mesh::Limits,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
@@ -58,6 +61,10 @@ impl mesh::binary::ServiceConfig for Config {
 
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    fn limits(&self) -> &mesh::Limits {
+        &self.limits
     }
 
     fn command(&self) -> Option<&mesh::Command> {
@@ -154,7 +161,7 @@ pub async fn run(
         state.board.clone(),
         sampling.clone(),
     ));
-    let served = mesh::serve(listener, app(state), shutdown).await;
+    let served = mesh::serve(listener, app(state), &config.limits, shutdown).await;
     sampling.cancel();
     sampler.await?;
     Ok(served?)
