@@ -1,0 +1,314 @@
+//! Connection floods against the real rng binary and its forwarder (`rng forward`): slowloris
+//! heads that never finish, connections that never send a byte, and the same flood through the
+//! forwarder. For each, gRPC health keeps answering within 100 ms on a connection opened before
+//! the attack, peak RSS stays under 64 MiB, the attacking connections are closed by the listener
+//! limits, and a normal call succeeds afterwards.
+//!
+//! The limits are set small through the environment, as an operator would, so that the
+//! connections are closed within seconds; every loop is bounded in count and time.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use dockercoins::rng::v1::GenerateRequest;
+use dockercoins::rng::v1::rng_service_client::RngServiceClient;
+use support::{Process, Service, eventually, workspace_binary};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Connections in each flood.
+const FLOOD: usize = 1000;
+/// How long health may take to answer during an attack.
+const HEALTH_DEADLINE: Duration = Duration::from_millis(100);
+/// Peak resident memory allowed for each process.
+const MAX_RSS_MIB: f64 = 64.0;
+/// rng's header-read timeout in these tests (`LISTEN_HEADER_READ_TIMEOUT`).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The forwarder's connection cap (`LISTEN_MAX_CONNECTIONS`), half the flood.
+const FORWARD_CAP: usize = 500;
+/// How long after the flood is open every attacking connection must be closed: the timeout,
+/// and room for a loaded machine.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(8);
+
+/// A gRPC connection opened before an attack, used to ask for health during it.
+struct Probe {
+    runtime: tokio::runtime::Runtime,
+    health: HealthClient<Channel>,
+    slowest: Duration,
+    checks: usize,
+}
+
+impl Probe {
+    /// Connects to `addr` and checks health once, so that the connection is open and in use.
+    fn connect(addr: SocketAddr) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let channel = runtime.block_on(async {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap_or_else(|err| panic!("connect to {addr}: {err}"))
+        });
+        let mut probe = Self {
+            runtime,
+            health: HealthClient::new(channel),
+            slowest: Duration::ZERO,
+            checks: 0,
+        };
+        probe.check();
+        probe.slowest = Duration::ZERO;
+        probe.checks = 0;
+        probe
+    }
+
+    /// Asks for health and asserts that it is SERVING; keeps the slowest answer.
+    fn check(&mut self) {
+        let started = Instant::now();
+        let answer = self.runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                self.health.check(HealthCheckRequest::default()),
+            )
+            .await
+        });
+        let took = started.elapsed();
+        let status = answer
+            .expect("health answers within 5 s")
+            .expect("health answers on the connection opened before the attack")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32);
+        self.slowest = self.slowest.max(took);
+        self.checks += 1;
+    }
+
+    /// Asserts that every check so far answered within [`HEALTH_DEADLINE`].
+    fn assert_fast(&self, attack: &str) {
+        eprintln!(
+            "{attack}: slowest of {} health checks {:?}",
+            self.checks, self.slowest
+        );
+        assert!(self.checks > 0, "{attack}: health was checked");
+        assert!(
+            self.slowest < HEALTH_DEADLINE,
+            "{attack}: the slowest of {} health checks took {:?}",
+            self.checks,
+            self.slowest
+        );
+    }
+}
+
+/// Attacking connections, each `None` once the server closed it.
+struct Flood {
+    streams: Vec<Option<TcpStream>>,
+}
+
+impl Flood {
+    /// Opens [`FLOOD`] connections to `addr`, writing `first` on each, and checks health after
+    /// every hundred.
+    fn open(addr: SocketAddr, first: &[u8], probe: &mut Probe) -> Self {
+        let mut streams = Vec::with_capacity(FLOOD);
+        for i in 0..FLOOD {
+            let stream = TcpStream::connect(addr).ok().and_then(|mut stream| {
+                stream.set_nonblocking(true).ok()?;
+                if !first.is_empty() {
+                    stream.write_all(first).ok()?;
+                }
+                Some(stream)
+            });
+            streams.push(stream);
+            if i % 100 == 99 {
+                probe.check();
+            }
+        }
+        Self { streams }
+    }
+
+    /// Writes `bytes` on every open connection (a slowloris trickling header lines).
+    fn trickle(&mut self, bytes: &[u8]) {
+        for slot in &mut self.streams {
+            if let Some(stream) = slot
+                && stream.write(bytes).is_err()
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    /// The connections the server has not closed yet.
+    fn open_count(&mut self) -> usize {
+        let mut buf = [0; 512];
+        for slot in &mut self.streams {
+            if let Some(stream) = slot {
+                match stream.read(&mut buf) {
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                    // Whatever the server answered, the connection is closed once it says EOF.
+                    Ok(n) if n > 0 => {}
+                    _ => *slot = None,
+                }
+            }
+        }
+        self.streams.iter().flatten().count()
+    }
+
+    /// Waits until the server closed every connection, checking health meanwhile; trickles
+    /// `trickle` bytes on the open ones if given. Returns how long it took.
+    fn wait_closed(&mut self, trickle: Option<&[u8]>, probe: &mut Probe, attack: &str) -> Duration {
+        let started = Instant::now();
+        loop {
+            if let Some(bytes) = trickle {
+                self.trickle(bytes);
+            }
+            probe.check();
+            let open = self.open_count();
+            if open == 0 {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < CLOSE_DEADLINE,
+                "{attack}: {open} connections still open after {CLOSE_DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn assert_rss(process: &Process, attack: &str) {
+    let (now, peak) = process.rss_mib();
+    eprintln!(
+        "{attack}: {} RSS {now:.1} MiB, peak {peak:.1}",
+        process.name
+    );
+    assert!(
+        peak < MAX_RSS_MIB,
+        "{attack}: {} peaked at {peak:.1} MiB (now {now:.1})",
+        process.name
+    );
+}
+
+/// A normal Generate on a new connection.
+fn generate(addr: SocketAddr) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = RngServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+        let answer = client
+            .generate(GenerateRequest { size: 32 })
+            .await
+            .unwrap_or_else(|err| panic!("Generate through {addr}: {err}"));
+        answer.into_inner().data.len()
+    })
+}
+
+/// rng with small limits: heads must arrive within two seconds, and quiet HTTP/2 connections
+/// are PINGed twice a second (so that a probe through the forwarder is never idle).
+fn rng() -> Service {
+    Service::start(
+        "rng",
+        &[
+            ("RNG_DELAY", "0s".to_string()),
+            (
+                "LISTEN_HEADER_READ_TIMEOUT",
+                format!("{}s", HEADER_READ_TIMEOUT.as_secs()),
+            ),
+            ("LISTEN_KEEPALIVE_INTERVAL", "500ms".to_string()),
+        ],
+    )
+}
+
+#[test]
+fn slowloris_heads_are_closed_at_the_header_read_timeout_while_health_answers() {
+    let rng = rng();
+    let mut probe = Probe::connect(rng.addr);
+    let attack = "1,000 slowloris connections";
+    let mut flood = Flood::open(rng.addr, b"GET / HTTP/1.1\r\nHost: rng\r\n", &mut probe);
+    // Each trickled line would keep a server without a head deadline waiting forever.
+    let took = flood.wait_closed(Some(b"X-Slow: 1\r\n"), &mut probe, attack);
+    eprintln!("{attack}: all closed {took:?} after the last was opened");
+    probe.assert_fast(attack);
+    assert_rss(&rng.process, attack);
+    assert_eq!(generate(rng.addr), 32, "{attack}: a normal call afterwards");
+}
+
+#[test]
+fn connections_that_send_nothing_are_closed_while_health_answers() {
+    let rng = rng();
+    let mut probe = Probe::connect(rng.addr);
+    let attack = "1,000 idle connections";
+    let mut flood = Flood::open(rng.addr, b"", &mut probe);
+    let open = flood.open_count();
+    assert!(
+        open > FLOOD / 2,
+        "{attack}: the listener holds them until the timeout ({open} open)"
+    );
+    let took = flood.wait_closed(None, &mut probe, attack);
+    eprintln!("{attack}: all closed {took:?} after the last was opened");
+    probe.assert_fast(attack);
+    assert_rss(&rng.process, attack);
+    assert_eq!(generate(rng.addr), 32, "{attack}: a normal call afterwards");
+}
+
+#[test]
+fn the_forwarder_holds_its_cap_under_a_connection_flood_while_health_answers() {
+    let rng = rng();
+    let forwarder = Process::spawn(
+        "forward",
+        &workspace_binary("rng"),
+        &["forward", "--to", &rng.addr.to_string()],
+        &[
+            ("RNG_LISTEN", "127.0.0.1:0".to_string()),
+            ("LISTEN_MAX_CONNECTIONS", FORWARD_CAP.to_string()),
+            ("LISTEN_IDLE_TIMEOUT", "3s".to_string()),
+        ],
+    );
+    let front: SocketAddr = eventually(Duration::from_secs(20), "the forwarder to listen", || {
+        forwarder
+            .log()
+            .iter()
+            .filter(|line| line.contains("listening, forwarding"))
+            .filter_map(|line| line.split("addr=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .find_map(|addr| addr.parse().ok())
+    });
+    // Through the forwarder: the probe holds one of its slots from before the attack.
+    let mut probe = Probe::connect(front);
+    let attack = "1,000 connections through the forwarder";
+    let mut flood = Flood::open(front, b"", &mut probe);
+    // Over the cap, connections are closed as soon as they are accepted.
+    let open = eventually(
+        Duration::from_secs(2),
+        "the connections over the cap to be closed",
+        || {
+            let open = flood.open_count();
+            (open < FORWARD_CAP).then_some(open)
+        },
+    );
+    eprintln!("{attack}: {open} open once the cap closed the rest");
+    let took = flood.wait_closed(None, &mut probe, attack);
+    eprintln!("{attack}: all closed {took:?} after the last was opened");
+    probe.assert_fast(attack);
+    assert_rss(&forwarder, attack);
+    assert_rss(&rng.process, attack);
+    assert_eq!(generate(front), 32, "{attack}: a normal call afterwards");
+    let log = forwarder.log();
+    let refused = log
+        .iter()
+        .filter(|line| line.contains("connection cap reached"))
+        .count();
+    assert!(
+        (1..=10).contains(&refused),
+        "{attack}: the cap is logged, at most once a second: {refused} lines"
+    );
+}
