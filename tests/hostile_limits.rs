@@ -312,3 +312,91 @@ fn the_forwarder_holds_its_cap_under_a_connection_flood_while_health_answers() {
         "{attack}: the cap is logged, at most once a second: {refused} lines"
     );
 }
+
+/// CPU time (user and system) the process has used so far.
+fn cpu_time(process: &Process) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.pid()))
+        .expect("read /proc/<pid>/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a stat line")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let output = support::run(std::path::Path::new("getconf"), &["CLK_TCK"]);
+    let per_second: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[test]
+fn the_forwarder_out_of_file_descriptors_pauses_instead_of_spinning() {
+    let rng = rng();
+    // 64 descriptors: the runtime and a few dozen forwarded connections (two each) use them up,
+    // and every accept after that fails with EMFILE until connections close.
+    let forwarder = Process::spawn(
+        "forward",
+        std::path::Path::new("/bin/sh"),
+        &[
+            "-c",
+            r#"ulimit -n 64 && exec "$0" forward --to "$1""#,
+            &workspace_binary("rng").to_string_lossy(),
+            &rng.addr.to_string(),
+        ],
+        &[("RNG_LISTEN", "127.0.0.1:0".to_string())],
+    );
+    let front: SocketAddr = eventually(Duration::from_secs(20), "the forwarder to listen", || {
+        forwarder
+            .log()
+            .iter()
+            .filter(|line| line.contains("listening, forwarding"))
+            .filter_map(|line| line.split("addr=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .find_map(|addr| addr.parse().ok())
+    });
+    // rng holds each forwarded connection for its header-read timeout, so the descriptors stay
+    // used while the flood is open.
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(front).ok())
+        .collect();
+    assert!(flood.len() > 40, "the backlog takes the connections");
+    eventually(Duration::from_secs(5), "the forwarder to run out", || {
+        let log = forwarder.log();
+        log.iter()
+            .any(|line| line.contains("accept failed"))
+            .then_some(())
+    });
+    let cpu_before = cpu_time(&forwarder);
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu = cpu_time(&forwarder).saturating_sub(cpu_before);
+    let elapsed = watched.elapsed();
+    let failures = forwarder
+        .log()
+        .iter()
+        .filter(|line| line.contains("accept failed"))
+        .count();
+    eprintln!("out of descriptors: {cpu:?} of CPU in {elapsed:?}, {failures} log lines");
+    // A busy loop would use the whole 1.5 s of a core and log thousands of lines.
+    assert!(
+        cpu < Duration::from_millis(300),
+        "{cpu:?} of CPU in {elapsed:?}"
+    );
+    assert!(failures <= 5, "{failures} 'accept failed' lines");
+
+    drop(flood);
+    // Once the flood's connections close, descriptors free up and the forwarder accepts again
+    // (after at most a second's pause).
+    assert_eq!(
+        generate(front),
+        32,
+        "a normal call once descriptors are free"
+    );
+}

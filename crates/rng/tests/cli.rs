@@ -4,6 +4,8 @@
 fn bad_settings_exit_2_naming_the_variable() {
     let rng = env!("CARGO_BIN_EXE_rng");
     mesh::config::assert_rejected(rng, "RNG_DELAY", "soon");
+    // The listener limits every service flattens into its configuration.
+    mesh::config::assert_rejected(rng, "LISTEN_IDLE_TIMEOUT", "0s");
     mesh::config::assert_rejected(rng, "RNG_CONCURRENCY", "-1");
     mesh::config::assert_rejected(rng, "RNG_MAX_SIZE", "5000000000");
     mesh::config::assert_rejected(rng, "RNG_LISTEN", "nowhere");

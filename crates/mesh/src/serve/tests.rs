@@ -309,3 +309,35 @@ async fn shutdown_closes_idle_connections_at_once_and_serve_returns() {
         "the listener is closed"
     );
 }
+
+#[tokio::test]
+async fn streams_past_the_http2_cap_wait_for_a_free_one() {
+    let (addr, _, _) = start(Limits {
+        max_streams: 1,
+        ..Limits::default()
+    })
+    .await;
+    let mut client = HealthClient::new(channel(addr).await);
+    let mut first = client
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.message().await.unwrap().unwrap().status, SERVING);
+
+    // The server allows one stream per connection: a second waits while the first is open.
+    let mut second_client = client.clone();
+    let second = tokio::spawn(async move { check(&mut second_client).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second stream waits for the first"
+    );
+
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(2), second)
+        .await
+        .expect("the second stream runs once the first ends")
+        .unwrap();
+    assert_eq!(answer.unwrap(), SERVING);
+}
