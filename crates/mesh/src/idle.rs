@@ -4,13 +4,14 @@
 //! connection that never finishes its first request in HTTP/2 (or never sends a byte, while the
 //! server still waits to learn which protocol it speaks). So each connection's reads are noted in
 //! an [`Activity`], and [`Activity::expired`] resolves when the connection should go:
-//! - nothing was read for the idle timeout and no request is waiting for its answer (an HTTP/2
-//!   client answering keepalive PINGs reads as activity, so it is never idle);
+//! - nothing was read for the idle timeout (an HTTP/2 client answering keepalive PINGs reads as
+//!   activity, so it is never idle; a client that stops sending half-way through a request body
+//!   is, even though its request reached the service);
 //! - or, when a first-request deadline is given, no request arrived within it.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,9 +22,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Activity {
     start: Instant,
-    /// Milliseconds from `start` to the last read (or the end of the last request).
+    /// Milliseconds from `start` to the last read.
     last_ms: AtomicU64,
-    in_flight: AtomicUsize,
     requested: AtomicBool,
 }
 
@@ -32,7 +32,7 @@ pub struct Activity {
 pub enum Expired {
     /// No request arrived in time after the connection opened.
     NoRequest,
-    /// Nothing was read, and nothing was being answered, for the idle timeout.
+    /// Nothing was read for the idle timeout.
     Idle,
 }
 
@@ -41,7 +41,6 @@ impl Activity {
         Arc::new(Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
             requested: AtomicBool::new(false),
         })
     }
@@ -51,24 +50,17 @@ impl Activity {
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// Notes a request that reached the service; the returned guard marks its answer given.
-    pub fn request(self: &Arc<Self>) -> InFlight {
+    /// Notes a request that reached the service, which lifts the first-request deadline.
+    pub fn request(&self) {
         self.requested.store(true, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
     }
 
-    /// When the connection should close as things stand, or `None` while a request is answered.
-    fn deadline(&self, idle: Duration, first_request: Option<Duration>) -> Option<Instant> {
-        let no_request = first_request
-            .filter(|_| !self.requested.load(Ordering::Relaxed))
-            .map(|limit| self.start + limit);
-        let idle = (self.in_flight.load(Ordering::Relaxed) == 0).then(|| {
-            self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
-        });
-        match (no_request, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// When the connection should close as things stand.
+    fn deadline(&self, idle: Duration, first_request: Option<Duration>) -> Instant {
+        let idle = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
+        match first_request.filter(|_| !self.requested.load(Ordering::Relaxed)) {
+            Some(limit) => idle.min(self.start + limit),
+            None => idle,
         }
     }
 
@@ -76,32 +68,18 @@ impl Activity {
     /// `first_request` (if given) of opening.
     pub async fn expired(&self, idle: Duration, first_request: Option<Duration>) -> Expired {
         loop {
-            match self.deadline(idle, first_request) {
-                Some(deadline) if deadline <= Instant::now() => {
-                    let requested = self.requested.load(Ordering::Relaxed);
-                    return if first_request.is_some() && !requested {
-                        Expired::NoRequest
-                    } else {
-                        Expired::Idle
-                    };
-                }
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                // Busy answering: look again once an idle period could have passed.
-                None => tokio::time::sleep(idle).await,
+            let deadline = self.deadline(idle, first_request);
+            if deadline > Instant::now() {
+                tokio::time::sleep_until(deadline).await;
+                continue;
             }
+            let requested = self.requested.load(Ordering::Relaxed);
+            return if first_request.is_some() && !requested {
+                Expired::NoRequest
+            } else {
+                Expired::Idle
+            };
         }
-    }
-}
-
-/// A request being answered; dropping it counts as activity, so that the idle period starts
-/// when the answer is given rather than when the request was read.
-#[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -195,16 +173,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_request_being_answered_is_not_idle_and_its_end_restarts_the_period() {
+    async fn a_request_that_reached_the_service_does_not_keep_a_silent_connection_open() {
         let activity = Activity::new();
         let start = Instant::now();
-        let request = activity.request();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(150)).await;
-            drop(request);
-        });
-        assert_eq!(activity.expired(IDLE, None).await, Expired::Idle);
-        assert_eq!(start.elapsed(), Duration::from_secs(210));
+        activity.request();
+        let expired = activity.expired(IDLE, Some(Duration::from_secs(10))).await;
+        assert_eq!(expired, Expired::Idle);
+        assert_eq!(start.elapsed(), IDLE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -220,7 +195,7 @@ mod tests {
     async fn a_first_request_lifts_the_first_request_deadline() {
         let activity = Activity::new();
         let start = Instant::now();
-        drop(activity.request());
+        activity.request();
         let expired = activity.expired(IDLE, Some(Duration::from_secs(10))).await;
         assert_eq!(expired, Expired::Idle);
         assert_eq!(start.elapsed(), IDLE);

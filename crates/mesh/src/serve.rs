@@ -7,7 +7,6 @@
 //! of [`Limits`] (see `crate::limits`), closes idle connections (see `crate::idle`) and caps the
 //! open connections (see `crate::accept`).
 
-use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 
@@ -118,13 +117,8 @@ impl Connection {
         let app = self.app;
         let requests = activity.clone();
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let in_flight = requests.request();
-            let answer = app.clone().oneshot(request);
-            async move {
-                let response = answer.await;
-                drop(in_flight);
-                Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
-            }
+            requests.request();
+            app.clone().oneshot(request)
         });
         let connection = self
             .watcher

@@ -13,12 +13,14 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response};
 use super::*;
 use crate::grpc::Health;
 
-/// A server with gRPC health and `GET /` answering `ok`, under `limits`.
+/// A server with gRPC health, `GET /` answering `ok` and `POST /echo` echoing its body, under
+/// `limits`.
 async fn start(limits: Limits) -> (SocketAddr, Health, Shutdown) {
     let (health, routes) = crate::grpc::health_and_reflection(&[]).await;
     let app = routes
         .into_axum_router()
-        .route("/", axum::routing::get(|| async { "ok" }));
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .route("/echo", axum::routing::post(|body: String| async { body }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
@@ -160,6 +162,24 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(answers(&mut stream).await);
     let closed = closes_within(&mut stream, Duration::from_secs(3)).await;
     let closed = closed.expect("the idle connection is closed");
+    assert!(closed >= idle - Duration::from_millis(50), "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_half_way_is_closed_after_the_idle_timeout() {
+    let idle = Duration::from_millis(300);
+    let (addr, _, _) = start(Limits {
+        idle_timeout: idle,
+        ..Limits::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..")
+        .await
+        .unwrap();
+    let closed = closes_within(&mut stream, Duration::from_secs(3)).await;
+    let closed = closed.expect("the stalled upload is closed");
     assert!(closed >= idle - Duration::from_millis(50), "{closed:?}");
 }
 
@@ -340,4 +360,19 @@ async fn streams_past_the_http2_cap_wait_for_a_free_one() {
         .expect("the second stream runs once the first ends")
         .unwrap();
     assert_eq!(answer.unwrap(), SERVING);
+}
+
+#[tokio::test]
+async fn an_http1_connection_waiting_for_its_next_head_is_closed_at_the_header_read_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (addr, _, _) = start(Limits {
+        header_read_timeout: timeout,
+        ..Limits::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    assert!(answers(&mut stream).await);
+    let closed = closes_within(&mut stream, Duration::from_secs(3)).await;
+    let closed = closed.expect("the keep-alive connection is closed");
+    assert!(closed >= timeout - Duration::from_millis(50), "{closed:?}");
 }
