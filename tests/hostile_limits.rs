@@ -163,14 +163,21 @@ impl Flood {
     /// `trickle` bytes on the open ones if given. Returns how long it took.
     fn wait_closed(&mut self, trickle: Option<&[u8]>, probe: &mut Probe, attack: &str) -> Duration {
         let started = Instant::now();
+        let mut trickled = started;
         loop {
-            if let Some(bytes) = trickle {
+            // A line a second per connection, as a slowloris does: the head grows, and never ends.
+            if let Some(bytes) = trickle
+                && trickled.elapsed() >= Duration::from_secs(1)
+            {
                 self.trickle(bytes);
+                trickled = Instant::now();
             }
             probe.check();
             let open = self.open_count();
             if open == 0 {
-                return started.elapsed();
+                let took = started.elapsed();
+                eprintln!("{attack}: all closed {took:?} after the last was opened");
+                return took;
             }
             assert!(
                 started.elapsed() < CLOSE_DEADLINE,
@@ -181,17 +188,23 @@ impl Flood {
     }
 }
 
-fn assert_rss(process: &Process, attack: &str) {
-    let (now, peak) = process.rss_mib();
-    eprintln!(
-        "{attack}: {} RSS {now:.1} MiB, peak {peak:.1}",
-        process.name
-    );
-    assert!(
-        peak < MAX_RSS_MIB,
-        "{attack}: {} peaked at {peak:.1} MiB (now {now:.1})",
-        process.name
-    );
+/// What every attack must leave behind: health answered fast throughout, each of `processes`
+/// stayed under the memory bound, and a normal call to `addr` succeeds.
+fn assert_survived(attack: &str, probe: &Probe, processes: &[&Process], addr: SocketAddr) {
+    probe.assert_fast(attack);
+    for process in processes {
+        let (now, peak) = process.rss_mib();
+        eprintln!(
+            "{attack}: {} RSS {now:.1} MiB, peak {peak:.1}",
+            process.name
+        );
+        assert!(
+            peak < MAX_RSS_MIB,
+            "{attack}: {} peaked at {peak:.1} MiB (now {now:.1})",
+            process.name
+        );
+    }
+    assert_eq!(generate(addr), 32, "{attack}: a normal call afterwards");
 }
 
 /// A normal Generate on a new connection.
@@ -228,6 +241,28 @@ fn rng() -> Service {
     )
 }
 
+/// Starts `program args` (which runs `rng forward`) on an ephemeral port with `env`, and waits
+/// until it listens.
+fn forwarder(
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (Process, SocketAddr) {
+    let mut env = env.to_vec();
+    env.push(("RNG_LISTEN", "127.0.0.1:0".to_string()));
+    let process = Process::spawn("forward", program, args, &env);
+    let addr = eventually(Duration::from_secs(20), "the forwarder to listen", || {
+        process
+            .log()
+            .iter()
+            .filter(|line| line.contains("listening, forwarding"))
+            .filter_map(|line| line.split("addr=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .find_map(|addr| addr.parse().ok())
+    });
+    (process, addr)
+}
+
 #[test]
 fn slowloris_heads_are_closed_at_the_header_read_timeout_while_health_answers() {
     let rng = rng();
@@ -235,11 +270,8 @@ fn slowloris_heads_are_closed_at_the_header_read_timeout_while_health_answers() 
     let attack = "1,000 slowloris connections";
     let mut flood = Flood::open(rng.addr, b"GET / HTTP/1.1\r\nHost: rng\r\n", &mut probe);
     // Each trickled line would keep a server without a head deadline waiting forever.
-    let took = flood.wait_closed(Some(b"X-Slow: 1\r\n"), &mut probe, attack);
-    eprintln!("{attack}: all closed {took:?} after the last was opened");
-    probe.assert_fast(attack);
-    assert_rss(&rng.process, attack);
-    assert_eq!(generate(rng.addr), 32, "{attack}: a normal call afterwards");
+    flood.wait_closed(Some(b"X-Slow: 1\r\n"), &mut probe, attack);
+    assert_survived(attack, &probe, &[&rng.process], rng.addr);
 }
 
 #[test]
@@ -253,35 +285,21 @@ fn connections_that_send_nothing_are_closed_while_health_answers() {
         open > FLOOD / 2,
         "{attack}: the listener holds them until the timeout ({open} open)"
     );
-    let took = flood.wait_closed(None, &mut probe, attack);
-    eprintln!("{attack}: all closed {took:?} after the last was opened");
-    probe.assert_fast(attack);
-    assert_rss(&rng.process, attack);
-    assert_eq!(generate(rng.addr), 32, "{attack}: a normal call afterwards");
+    flood.wait_closed(None, &mut probe, attack);
+    assert_survived(attack, &probe, &[&rng.process], rng.addr);
 }
 
 #[test]
 fn the_forwarder_holds_its_cap_under_a_connection_flood_while_health_answers() {
     let rng = rng();
-    let forwarder = Process::spawn(
-        "forward",
+    let (forwarder, front) = forwarder(
         &workspace_binary("rng"),
         &["forward", "--to", &rng.addr.to_string()],
         &[
-            ("RNG_LISTEN", "127.0.0.1:0".to_string()),
             ("LISTEN_MAX_CONNECTIONS", FORWARD_CAP.to_string()),
             ("LISTEN_IDLE_TIMEOUT", "3s".to_string()),
         ],
     );
-    let front: SocketAddr = eventually(Duration::from_secs(20), "the forwarder to listen", || {
-        forwarder
-            .log()
-            .iter()
-            .filter(|line| line.contains("listening, forwarding"))
-            .filter_map(|line| line.split("addr=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .find_map(|addr| addr.parse().ok())
-    });
     // Through the forwarder: the probe holds one of its slots from before the attack.
     let mut probe = Probe::connect(front);
     let attack = "1,000 connections through the forwarder";
@@ -296,12 +314,8 @@ fn the_forwarder_holds_its_cap_under_a_connection_flood_while_health_answers() {
         },
     );
     eprintln!("{attack}: {open} open once the cap closed the rest");
-    let took = flood.wait_closed(None, &mut probe, attack);
-    eprintln!("{attack}: all closed {took:?} after the last was opened");
-    probe.assert_fast(attack);
-    assert_rss(&forwarder, attack);
-    assert_rss(&rng.process, attack);
-    assert_eq!(generate(front), 32, "{attack}: a normal call afterwards");
+    flood.wait_closed(None, &mut probe, attack);
+    assert_survived(attack, &probe, &[&forwarder, &rng.process], front);
     let log = forwarder.log();
     let refused = log
         .iter()
@@ -339,8 +353,7 @@ fn the_forwarder_out_of_file_descriptors_pauses_instead_of_spinning() {
     let rng = rng();
     // 64 descriptors: the runtime and a few dozen forwarded connections (two each) use them up,
     // and every accept after that fails with EMFILE until connections close.
-    let forwarder = Process::spawn(
-        "forward",
+    let (forwarder, front) = forwarder(
         std::path::Path::new("/bin/sh"),
         &[
             "-c",
@@ -348,17 +361,8 @@ fn the_forwarder_out_of_file_descriptors_pauses_instead_of_spinning() {
             &workspace_binary("rng").to_string_lossy(),
             &rng.addr.to_string(),
         ],
-        &[("RNG_LISTEN", "127.0.0.1:0".to_string())],
+        &[],
     );
-    let front: SocketAddr = eventually(Duration::from_secs(20), "the forwarder to listen", || {
-        forwarder
-            .log()
-            .iter()
-            .filter(|line| line.contains("listening, forwarding"))
-            .filter_map(|line| line.split("addr=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .find_map(|addr| addr.parse().ok())
-    });
     // rng holds each forwarded connection for its header-read timeout, so the descriptors stay
     // used while the flood is open.
     let flood: Vec<TcpStream> = (0..100)

@@ -99,88 +99,68 @@ async fn check(client: &mut HealthClient<tonic::transport::Channel>) -> Result<i
 
 const SERVING: i32 = health_check_response::ServingStatus::Serving as i32;
 
+const LIMIT: Duration = Duration::from_millis(300);
+
+/// A connection to a server with `limits`: after one answered `GET /` if `after_a_request`, it
+/// sends `sent` and nothing more. Asserts that the server closes it no sooner than `LIMIT` (less
+/// a timer's slack) and within three seconds.
+async fn assert_closed_after_limit(limits: Limits, after_a_request: bool, sent: &[u8]) {
+    let (addr, _, _) = start(limits).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    if after_a_request {
+        assert!(answers(&mut stream).await);
+    }
+    stream.write_all(sent).await.unwrap();
+    let closed = closes_within(&mut stream, Duration::from_secs(3)).await;
+    let closed = closed.expect("the server closes the connection");
+    assert!(closed >= LIMIT - Duration::from_millis(50), "{closed:?}");
+}
+
+fn header_read_timeout() -> Limits {
+    Limits {
+        header_read_timeout: LIMIT,
+        ..Limits::default()
+    }
+}
+
+fn idle_timeout() -> Limits {
+    Limits {
+        idle_timeout: LIMIT,
+        ..Limits::default()
+    }
+}
+
 #[tokio::test]
 async fn a_request_head_never_finished_is_closed_at_the_header_read_timeout() {
-    let timeout = Duration::from_millis(300);
-    let (addr, _, _) = start(Limits {
-        header_read_timeout: timeout,
-        ..Limits::default()
-    })
-    .await;
-    let mut slowloris = TcpStream::connect(addr).await.unwrap();
-    slowloris
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let closed = closes_within(&mut slowloris, Duration::from_secs(3)).await;
-    let closed = closed.expect("the slowloris connection is closed");
-    assert!(closed >= timeout - Duration::from_millis(50), "{closed:?}");
+    let slowloris = b"GET / HTTP/1.1\r\nHost: x\r\n";
+    assert_closed_after_limit(header_read_timeout(), false, slowloris).await;
 }
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout() {
-    let timeout = Duration::from_millis(300);
-    let (addr, _, _) = start(Limits {
-        header_read_timeout: timeout,
-        ..Limits::default()
-    })
-    .await;
-    let mut silent = TcpStream::connect(addr).await.unwrap();
-    let closed = closes_within(&mut silent, Duration::from_secs(3)).await;
-    let closed = closed.expect("the silent connection is closed");
-    assert!(closed >= timeout - Duration::from_millis(50), "{closed:?}");
+    assert_closed_after_limit(header_read_timeout(), false, b"").await;
 }
 
 #[tokio::test]
 async fn an_http2_connection_that_never_sends_a_request_is_closed_at_the_header_read_timeout() {
-    let (addr, _, _) = start(Limits {
-        header_read_timeout: Duration::from_millis(300),
-        ..Limits::default()
-    })
-    .await;
-    let mut preface_only = TcpStream::connect(addr).await.unwrap();
-    preface_only
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let closed = closes_within(&mut preface_only, Duration::from_secs(3)).await;
-    assert!(
-        closed.is_some(),
-        "the half-open HTTP/2 connection is closed"
-    );
+    let preface_only = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    assert_closed_after_limit(header_read_timeout(), false, preface_only).await;
+}
+
+#[tokio::test]
+async fn an_http1_connection_waiting_for_its_next_head_is_closed_at_the_header_read_timeout() {
+    assert_closed_after_limit(header_read_timeout(), true, b"").await;
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let idle = Duration::from_millis(300);
-    let (addr, _, _) = start(Limits {
-        idle_timeout: idle,
-        ..Limits::default()
-    })
-    .await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    assert!(answers(&mut stream).await);
-    let closed = closes_within(&mut stream, Duration::from_secs(3)).await;
-    let closed = closed.expect("the idle connection is closed");
-    assert!(closed >= idle - Duration::from_millis(50), "{closed:?}");
+    assert_closed_after_limit(idle_timeout(), true, b"").await;
 }
 
 #[tokio::test]
 async fn a_request_body_that_stops_half_way_is_closed_after_the_idle_timeout() {
-    let idle = Duration::from_millis(300);
-    let (addr, _, _) = start(Limits {
-        idle_timeout: idle,
-        ..Limits::default()
-    })
-    .await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..")
-        .await
-        .unwrap();
-    let closed = closes_within(&mut stream, Duration::from_secs(3)).await;
-    let closed = closed.expect("the stalled upload is closed");
-    assert!(closed >= idle - Duration::from_millis(50), "{closed:?}");
+    let stalled = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..";
+    assert_closed_after_limit(idle_timeout(), false, stalled).await;
 }
 
 #[tokio::test]
@@ -360,19 +340,4 @@ async fn streams_past_the_http2_cap_wait_for_a_free_one() {
         .expect("the second stream runs once the first ends")
         .unwrap();
     assert_eq!(answer.unwrap(), SERVING);
-}
-
-#[tokio::test]
-async fn an_http1_connection_waiting_for_its_next_head_is_closed_at_the_header_read_timeout() {
-    let timeout = Duration::from_millis(300);
-    let (addr, _, _) = start(Limits {
-        header_read_timeout: timeout,
-        ..Limits::default()
-    })
-    .await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    assert!(answers(&mut stream).await);
-    let closed = closes_within(&mut stream, Duration::from_secs(3)).await;
-    let closed = closed.expect("the keep-alive connection is closed");
-    assert!(closed >= timeout - Duration::from_millis(50), "{closed:?}");
 }
