@@ -234,8 +234,17 @@ fn sigterm_reports_not_serving_then_finishes_the_call_in_flight() {
         ],
         &[],
     );
-    // The call is in rng's hands once the queue holds it; 400 ms of delay leave time to signal.
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // The call is in rng's hands once it has its turn in the queue (the queue's wait histogram
+    // counts it then); its 400 ms of delay leave time to signal.
+    support::eventually(
+        std::time::Duration::from_secs(10),
+        "the call to start",
+        || {
+            let metrics = support::scrape(&format!("{}/metrics", rng.admin_url()));
+            (support::total(&metrics, "dockercoins_queue_wait_seconds_count", &[]) >= 1.0)
+                .then_some(())
+        },
+    );
     let (took, status) = rng.process.terminate();
     assert!(status.success(), "rng exit status {status}");
     assert!(

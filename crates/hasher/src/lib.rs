@@ -53,6 +53,9 @@ pub struct Config {
     /// Injected share of requests that fail with UNAVAILABLE (or 503), from 0 to 1.
     #[arg(long, env = "HASHER_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::fault::parse_rate)]
     pub fault_error_rate: f64,
+    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    #[command(flatten)]
+    pub limits: mesh::Limits,
     /// `healthcheck`, `fault` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
@@ -67,6 +70,10 @@ impl mesh::binary::ServiceConfig for Config {
 
     fn admin_listen(&self) -> SocketAddr {
         self.admin_listen
+    }
+
+    fn limits(&self) -> &mesh::Limits {
+        &self.limits
     }
 
     fn command(&self) -> Option<&mesh::Command> {
@@ -222,6 +229,7 @@ pub async fn run(
         app,
         health,
         (config.admin_listen, admin),
+        &config.limits,
         shutdown,
     )
     .await

@@ -4,6 +4,8 @@
 fn bad_settings_exit_2_naming_the_variable() {
     let hasher = env!("CARGO_BIN_EXE_hasher");
     mesh::config::assert_rejected(hasher, "HASHER_DELAY", "1 fortnight");
+    // The listener limits every service flattens into its configuration.
+    mesh::config::assert_rejected(hasher, "LISTEN_MAX_CONNECTIONS", "0");
     mesh::config::assert_rejected(hasher, "HASHER_MAX_BODY", "big");
     mesh::config::assert_rejected(hasher, "HASHER_LISTEN", "0.0.0.0");
     mesh::config::assert_rejected(hasher, "HASHER_CONCURRENCY", "99999999999");

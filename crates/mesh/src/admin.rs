@@ -117,9 +117,10 @@ async fn not_found(request: Request) -> (StatusCode, String) {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: &crate::Limits,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    crate::serve(listener, router, shutdown)
+    crate::serve(listener, router, limits, shutdown)
         .instrument(tracing::info_span!("admin"))
         .await
 }

@@ -21,6 +21,9 @@ pub trait ServiceConfig: clap::Parser {
     /// The address of the admin listener (`/metrics`, `/healthz`, the fault switch).
     fn admin_listen(&self) -> SocketAddr;
 
+    /// The limits of every listener the service (or its forwarder) opens.
+    fn limits(&self) -> &crate::Limits;
+
     /// The subcommand asked for, if any.
     fn command(&self) -> Option<&Command>;
 
@@ -49,7 +52,9 @@ where
             listen: config.listen(),
             admin: config.admin_listen(),
         };
-        if let Some(code) = command::run(config.command(), addresses, C::PROBE).await? {
+        if let Some(code) =
+            command::run(config.command(), addresses, config.limits(), C::PROBE).await?
+        {
             return Ok(code);
         }
         telemetry::init();

@@ -55,6 +55,7 @@ pub struct Addresses {
 pub async fn run(
     command: Option<&Command>,
     addresses: Addresses,
+    limits: &crate::Limits,
     probe: Probe,
 ) -> anyhow::Result<Option<ExitCode>> {
     match command {
@@ -101,7 +102,7 @@ pub async fn run(
             crate::telemetry::init();
             let shutdown = crate::shutdown::on_signal();
             let listener = crate::serve::bind(addresses.listen).await?;
-            crate::forward::run(listener, to.clone(), shutdown).await?;
+            crate::forward::run(listener, to.clone(), limits, shutdown).await?;
             Ok(Some(ExitCode::SUCCESS))
         }
     }

@@ -7,6 +7,10 @@
 //! requests: a gRPC client that keeps one HTTP/2 connection stays on one replica, which is the
 //! lesson the mesh's own balancing answers. `httping`, `curl` and `grpcurl` open a connection per
 //! run, so they do reach every replica.
+//!
+//! It is a listener like any other, so the same [`Limits`] apply where they can to bytes it does
+//! not parse: the connection cap, the idle timeout (nothing read from either side), and the
+//! pause after accept errors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,47 +18,68 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::Shutdown;
+use crate::accept::{Accepted, Acceptor};
+use crate::idle::{Activity, Tracked};
+use crate::limits::Limits;
 
 /// Deadline to connect to one replica before trying the next.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Accepts on `listener` and forwards each connection to a replica behind `target` (`host:port`)
-/// until `shutdown`. Connections still open then are dropped with the process.
-pub async fn run(listener: TcpListener, target: String, shutdown: Shutdown) -> std::io::Result<()> {
+/// until `shutdown`, under the connection cap and idle timeout of `limits`. Connections still
+/// open then are dropped with the process.
+pub async fn run(
+    listener: TcpListener,
+    target: String,
+    limits: &Limits,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, %target, "listening, forwarding");
+    let mut acceptor = Acceptor::new(listener, limits);
     let turn = Arc::new(AtomicUsize::new(0));
+    let idle = limits.idle_timeout;
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        // Both cancel-safe: `accept` loses no connection.
+        let Accepted { stream, peer, slot } = tokio::select! {
+            accepted = acceptor.accept() => accepted,
             () = shutdown.cancelled() => break,
-        };
-        let (inbound, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors or the like: keep serving the others.
-                warn!(%err, "accept failed");
-                continue;
-            }
         };
         let (target, turn) = (target.clone(), turn.clone());
         tokio::spawn(async move {
-            if let Err(err) = forward(inbound, &target, &turn).await {
+            if let Err(err) = forward(stream, &target, &turn, idle).await {
                 debug!(%peer, %err, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     info!("stopped forwarding");
     Ok(())
 }
 
-async fn forward(mut inbound: TcpStream, target: &str, turn: &AtomicUsize) -> std::io::Result<()> {
-    let mut outbound = connect(target, turn).await?;
+/// Copies bytes both ways between `inbound` and a replica until either side closes, or until
+/// nothing was read from either for `idle`.
+async fn forward(
+    inbound: TcpStream,
+    target: &str,
+    turn: &AtomicUsize,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let outbound = connect(target, turn).await?;
     inbound.set_nodelay(true)?;
     outbound.set_nodelay(true)?;
-    tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;
+    // One activity for both directions: a client waiting for a long answer is not idle.
+    let activity = Activity::new();
+    let mut inbound = Tracked::new(inbound, activity.clone());
+    let mut outbound = Tracked::new(outbound, activity.clone());
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
+            copied?;
+        }
+        expired = activity.expired(idle, None) => debug!(?expired, "closing connection"),
+    }
     Ok(())
 }
 
@@ -104,13 +129,116 @@ mod tests {
         addr
     }
 
+    /// An echo backend: every connection gets back what it sends.
+    async fn echo_backend() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    fn spawn(
+        listener: TcpListener,
+        target: String,
+        limits: Limits,
+        shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        tokio::spawn(async move { run(listener, target, &limits, shutdown).await })
+    }
+
+    /// A forwarder in front of an echo backend, with `limits`.
+    async fn echo_forwarder(limits: Limits) -> std::net::SocketAddr {
+        let target = echo_backend().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = listener.local_addr().unwrap();
+        spawn(listener, target, limits, Shutdown::new());
+        front
+    }
+
+    /// Whether `stream` still gets its bytes back.
+    async fn echoes(stream: &mut TcpStream) -> bool {
+        let mut answer = [0; 4];
+        stream.write_all(b"ping").await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut answer))
+                .await
+                .is_ok_and(|read| read.is_ok())
+    }
+
+    /// Waits up to `within` for the far side to close `stream`.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut byte = [0];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_new_connections_are_closed_and_open_ones_keep_working() {
+        let front = echo_forwarder(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        })
+        .await;
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(front).await.unwrap();
+            assert!(echoes(&mut stream).await);
+            open.push(stream);
+        }
+        let mut over = TcpStream::connect(front).await.unwrap();
+        assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+        assert!(echoes(&mut open[0]).await, "open connections keep working");
+
+        drop(open.pop());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut next = TcpStream::connect(front).await.unwrap();
+            if echoes(&mut next).await {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a freed slot lets one in"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_both_ways_is_closed_and_a_busy_one_is_not() {
+        let idle = Duration::from_millis(300);
+        let front = echo_forwarder(Limits {
+            idle_timeout: idle,
+            ..Limits::default()
+        })
+        .await;
+        let mut quiet = TcpStream::connect(front).await.unwrap();
+        let mut busy = TcpStream::connect(front).await.unwrap();
+        assert!(echoes(&mut quiet).await);
+        let started = std::time::Instant::now();
+        // The busy one talks every 100 ms for three idle periods.
+        while started.elapsed() < idle * 3 {
+            assert!(echoes(&mut busy).await, "a busy connection stays open");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(closed_within(&mut quiet, Duration::from_secs(2)).await);
+    }
+
     #[tokio::test]
     async fn forwards_bytes_both_ways_and_stops_on_shutdown() {
         let target = backend("one").await.to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let server = tokio::spawn(run(listener, target, shutdown.clone()));
+        let server = spawn(listener, target, Limits::default(), shutdown.clone());
 
         let mut client = TcpStream::connect(front).await.unwrap();
         let mut answer = String::new();

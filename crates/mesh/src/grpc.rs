@@ -167,6 +167,7 @@ pub async fn serve_until(
     app: axum::Router,
     health: Health,
     (admin_listen, admin): (std::net::SocketAddr, crate::admin::Admin),
+    limits: &crate::Limits,
     shutdown: crate::Shutdown,
 ) -> anyhow::Result<()> {
     let admin_listener = crate::serve::bind(admin_listen).await?;
@@ -179,8 +180,8 @@ pub async fn serve_until(
         })
     };
     tokio::try_join!(
-        crate::serve(listener, app, shutdown.clone()),
-        crate::admin::serve(admin_listener, admin.router(), shutdown),
+        crate::serve(listener, app, limits, shutdown.clone()),
+        crate::admin::serve(admin_listener, admin.router(), limits, shutdown),
     )?;
     reporter.abort();
     Ok(())

@@ -5,6 +5,7 @@
 //!
 //! `mesh` knows no service: services depend on it, never the other way round.
 
+pub mod accept;
 pub mod admin;
 pub mod balance;
 pub mod binary;
@@ -14,6 +15,8 @@ pub mod discovery;
 pub mod fault;
 pub mod forward;
 pub mod grpc;
+pub mod idle;
+pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod probe;
@@ -26,6 +29,7 @@ pub mod telemetry;
 pub mod trace;
 
 pub use command::Command;
+pub use limits::Limits;
 pub use serve::serve;
 pub use shutdown::Shutdown;
 

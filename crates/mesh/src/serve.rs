@@ -1,45 +1,140 @@
-//! Serving gRPC and HTTP/1.x on one listener, until shutdown.
+//! Serving gRPC and HTTP/1.x on one listener, under the server [`Limits`], until shutdown.
 //!
 //! The workshop's users point `httping` and `curl` (HTTP/1.x) and `grpcurl` (h2c, HTTP/2 without
-//! TLS) at the same port. axum's server detects the protocol of each connection, and tonic's
-//! services are axum routes, so one router and one listener serve both.
+//! TLS) at the same port. hyper-util's `auto` connection builder detects the protocol of each
+//! connection, and tonic's services are axum routes, so one router and one listener serve both.
+//! axum's own `serve` gives hyper no timer, so it could set no timeout; this one sets every limit
+//! of [`Limits`] (see `crate::limits`), closes idle connections (see `crate::idle`) and caps the
+//! open connections (see `crate::accept`).
 
-use std::future::IntoFuture;
 use std::io;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::serve::ListenerExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
 
+use crate::accept::{Accepted, Acceptor};
+use crate::idle::{Activity, Tracked};
+use crate::limits::Limits;
 use crate::shutdown::{DRAIN_DEADLINE, Shutdown};
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then drains in-flight requests for at
-/// most [`DRAIN_DEADLINE`].
+/// Serves `app` on `listener` under `limits` until `shutdown` is cancelled, then drains
+/// in-flight requests for at most [`DRAIN_DEADLINE`].
 ///
-/// On shutdown, HTTP/2 clients receive GOAWAY and idle HTTP/1 connections are closed; requests
-/// still running at the deadline are dropped so that the process exits in time.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown) -> io::Result<()> {
+/// On shutdown the listener closes, HTTP/2 clients receive GOAWAY and idle HTTP/1 connections
+/// are closed; requests still running at the deadline are dropped so that the process exits in
+/// time.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &Limits,
+    shutdown: Shutdown,
+) -> io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-    // Small unary RPCs: Nagle's algorithm would hold each response back for the peer's ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "could not set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_DEADLINE).await;
-    };
-    tokio::select! {
-        result = server => result?,
-        () = deadline => tracing::warn!(?DRAIN_DEADLINE, "drain deadline passed, dropping in-flight requests"),
+    let builder = Arc::new(builder(limits));
+    let mut acceptor = Acceptor::new(listener, limits);
+    let graceful = GracefulShutdown::new();
+    // Owned here, so that connections still open at the drain deadline are dropped with it.
+    let mut connections = JoinSet::new();
+    loop {
+        // Each branch is cancel-safe: `accept` loses no connection, `join_next` no task.
+        let accepted = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = shutdown.cancelled() => break,
+        };
+        let connection = Connection {
+            builder: builder.clone(),
+            app: app.clone(),
+            watcher: graceful.watcher(),
+            limits: limits.clone(),
+        };
+        connections.spawn(connection.serve(accepted));
     }
+    // Stop accepting: new clients are refused by the kernel rather than left in the backlog.
+    drop(acceptor);
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?DRAIN_DEADLINE,
+            open = connections.len(),
+            "drain deadline passed, dropping in-flight requests"
+        );
+    }
+    connections.abort_all();
     tracing::info!("stopped serving");
     Ok(())
+}
+
+/// hyper's HTTP/1 and HTTP/2 settings from `limits`.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // The timer is what makes hyper's timeouts run at all.
+        .timer(TokioTimer::new())
+        // Also bounds the wait for the next request head on a keep-alive connection.
+        .header_read_timeout(limits.header_read_timeout)
+        // A head that does not fit in the read buffer is answered 431.
+        .max_buf_size(limits.max_header_bytes as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes)
+        .max_concurrent_streams(limits.max_streams)
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    builder
+}
+
+/// What one connection's task needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    watcher: Watcher,
+    limits: Limits,
+}
+
+impl Connection {
+    /// Serves one connection until it ends, is shut down gracefully, or its watchdog expires.
+    async fn serve(self, accepted: Accepted) {
+        let Accepted { stream, peer, slot } = accepted;
+        // Small unary RPCs: Nagle's algorithm would hold each response back for the peer's ACK.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "could not set TCP_NODELAY");
+        }
+        let activity = Activity::new();
+        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let app = self.app;
+        let requests = activity.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            requests.request();
+            app.clone().oneshot(request)
+        });
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(io, service));
+        tokio::select! {
+            result = connection => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, %err, "connection ended with an error");
+                }
+            }
+            expired = activity.expired(self.limits.idle_timeout, Some(self.limits.header_read_timeout)) => {
+                tracing::debug!(%peer, ?expired, "closing connection");
+            }
+        }
+        drop(slot);
+    }
 }
 
 /// Binds `addr`, naming it in the error (a busy port is the common failure).
@@ -48,3 +143,6 @@ pub async fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
         .await
         .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
 }
+
+#[cfg(test)]
+mod tests;

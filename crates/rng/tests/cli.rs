@@ -7,6 +7,8 @@ use mesh::config::{assert_rejected, assert_rejected_with};
 fn bad_settings_exit_2_naming_the_variable() {
     let rng = env!("CARGO_BIN_EXE_rng");
     assert_rejected(rng, "RNG_DELAY", "soon");
+    // The listener limits every service flattens into its configuration.
+    assert_rejected(rng, "LISTEN_IDLE_TIMEOUT", "0s");
     assert_rejected(rng, "RNG_CONCURRENCY", "-1");
     assert_rejected(rng, "RNG_CONCURRENCY", "18446744073709551615");
     assert_rejected(rng, "RNG_MAX_SIZE", "5000000000");

@@ -51,6 +51,9 @@ pub struct Config {
     /// Address of the admin listener: `/metrics`, `/healthz` and `/readyz`. Never published.
     #[arg(long, env = "WEBUI_ADMIN_LISTEN", default_value = "0.0.0.0:9003")]
     pub admin_listen: SocketAddr,
+    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    #[command(flatten)]
+    pub limits: mesh::Limits,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
@@ -65,6 +68,10 @@ impl mesh::binary::ServiceConfig for Config {
 
     fn admin_listen(&self) -> SocketAddr {
         self.admin_listen
+    }
+
+    fn limits(&self) -> &mesh::Limits {
+        &self.limits
     }
 
     fn command(&self) -> Option<&mesh::Command> {
@@ -158,8 +165,8 @@ pub async fn run(
     let admin_listener = mesh::serve::bind(config.admin_listen).await?;
     let admin = mesh::admin::Admin::new(shutdown.clone()).router();
     let served = tokio::try_join!(
-        mesh::serve(listener, app(state), shutdown.clone()),
-        mesh::admin::serve(admin_listener, admin, shutdown),
+        mesh::serve(listener, app(state), &config.limits, shutdown.clone()),
+        mesh::admin::serve(admin_listener, admin, &config.limits, shutdown),
     );
     sampling.cancel();
     sampler.await?;

@@ -6,6 +6,8 @@
 fn bad_settings_exit_2_naming_the_variable() {
     let webui = env!("CARGO_BIN_EXE_webui");
     mesh::config::assert_rejected(webui, "WEBUI_LISTEN", "nonsense");
+    // The listener limits every service flattens into its configuration.
+    mesh::config::assert_rejected(webui, "LISTEN_MAX_HEADER_BYTES", "100");
     mesh::config::assert_rejected(webui, "REDIS_URL", "localhost:6379");
     mesh::config::assert_rejected(webui, "WEBUI_ADMIN_LISTEN", "nonsense");
     let env = [("REDIS_URL", "redis://user:hunter2@redis:6379:7")];

@@ -69,6 +69,9 @@ pub struct Config {
     /// Deadline of each call to rng or hasher (rng's queue alone can hold ten workers ~1 s).
     #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = mesh::config::parse_interval)]
     pub rpc_timeout: Duration,
+    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    #[command(flatten)]
+    pub limits: mesh::Limits,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
@@ -83,6 +86,10 @@ impl mesh::binary::ServiceConfig for Config {
 
     fn admin_listen(&self) -> SocketAddr {
         self.admin_listen
+    }
+
+    fn limits(&self) -> &mesh::Limits {
+        &self.limits
     }
 
     fn command(&self) -> Option<&mesh::Command> {
@@ -182,7 +189,10 @@ pub async fn run(
             async move { mine::mine_forever(backends, config.delay, &tally, shutdown).await },
         );
     }
-    let admin = tokio::spawn(mesh::serve(admin, admin_app, shutdown.clone()));
+    let admin = {
+        let (limits, shutdown) = (config.limits.clone(), shutdown.clone());
+        tokio::spawn(async move { mesh::serve(admin, admin_app, &limits, shutdown).await })
+    };
     let mut flusher = Flusher::new(pool, &worker_id);
     flusher.run_until(&tally, &shutdown).await;
     // Miners return as soon as shutdown starts; once they are gone the tally no longer moves, and

@@ -7,6 +7,8 @@ use mesh::config::{assert_rejected, assert_rejected_with};
 fn bad_settings_exit_2_naming_the_variable() {
     let worker = env!("CARGO_BIN_EXE_worker");
     assert_rejected(worker, "RNG_ENDPOINT", "rng:8001");
+    // The listener limits every service flattens into its configuration.
+    assert_rejected(worker, "LISTEN_HEADER_READ_TIMEOUT", "0s");
     assert_rejected(worker, "HASHER_ENDPOINT", "ftp://hasher");
     assert_rejected(worker, "REDIS_URL", "localhost");
     assert_rejected(worker, "WORKER_CONCURRENCY", "0");
