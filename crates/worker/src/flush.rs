@@ -96,10 +96,18 @@ return 1
 pub enum FlushError {
     #[error("cannot reach Redis: {0}")]
     Connect(#[from] deadpool_redis::PoolError),
-    #[error("Redis refused the batch: {0}")]
+    #[error("Redis refused the batch: {}", redis_reason(.0))]
     Redis(#[from] RedisError),
     #[error("Redis did not answer within {0:?}")]
     Deadline(Duration),
+}
+
+/// A Redis error as Redis wrote it (`WRONGTYPE key hashes holds a list…`), where it sent one.
+fn redis_reason(err: &RedisError) -> String {
+    match (err.code(), err.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => err.to_string(),
+    }
 }
 
 /// The kinds of flush failure: the `kind` label of `dockercoins_redis_errors_total` (a fixed
@@ -331,9 +339,9 @@ impl Flusher {
                 // Once per kind until Redis takes a batch again: an outage is one line, not one
                 // a second, and a second cause (memory full after a restart) still shows.
                 if self.failing.insert(kind) {
-                    warn!(kind = kind.label(), units, waiting, error = %one_line(&err), "cannot update Redis, keeping the count for the next try");
+                    warn!(kind = %kind.label(), units, waiting, error = %one_line(&err), "cannot update Redis, keeping the count for the next try");
                 } else {
-                    debug!(kind = kind.label(), units, waiting, error = %one_line(&err), "cannot update Redis yet");
+                    debug!(kind = %kind.label(), units, waiting, error = %one_line(&err), "cannot update Redis yet");
                 }
                 false
             }
