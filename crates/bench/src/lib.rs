@@ -6,11 +6,13 @@
 //! gRPC unary calls under this crate's own load generator ([`grpc_load`], tonic with an HDR
 //! histogram), memory, sizes and SIGTERM times. [`report`] writes the results as JSON and
 //! markdown. The load generator also runs alone (`bench grpc`), which is handy under a profiler.
+//! [`soak`] keeps one turbo worker going for minutes and watches Redis's memory and the rate.
 
 pub mod grpc_load;
 pub mod machine;
 pub mod process;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod turbo;
 pub mod wrk;

@@ -1,4 +1,5 @@
-//! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building); for
+//! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building), `bench
+//! soak` (`scripts/bench --soak <seconds>`); for
 //! profiling by hand, `bench up` (the stack alone, for a while) and `bench grpc` (one gRPC load
 //! on a running rng or hasher).
 
@@ -23,6 +24,24 @@ enum Command {
     /// Start the stack as `run` does, print pids and addresses, keep it up for a while (to
     /// profile it, or load it by hand).
     Up(UpArgs),
+    /// One turbo worker flat out for a while: Redis's memory against its limit, and the rate,
+    /// every 10 s (writes target/bench/soak.json).
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SoakArgs {
+    #[command(flatten)]
+    options: bench::run::Options,
+    /// How long to run.
+    #[arg(long = "for", default_value = "600s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Call pairs in flight (`WORKER_CONCURRENCY`).
+    #[arg(long, default_value_t = 4)]
+    concurrency: u32,
+    /// Units per call pair (`WORKER_BATCH`): the sweep's fastest step by default.
+    #[arg(long, default_value_t = 256)]
+    batch: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +92,9 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("update {}", options.docs.display()))?;
                 eprintln!("bench: updated {}", options.docs.display());
             }
+        }
+        Command::Soak(args) => {
+            bench::soak::soak(&args.options, (args.concurrency, args.batch), args.duration)?;
         }
         Command::Up(args) => bench::run::up(&args.options, args.worker, args.duration)?,
         Command::Grpc(args) => {
