@@ -214,7 +214,7 @@ mod tests {
             let (status, content_type, body) = call(Method::GET, path).await;
             assert_eq!(status, StatusCode::OK, "{path}");
             assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
-            for id in ["speed", "hashes", "coins"] {
+            for id in ["speed", "hashes", "coins", "write-problem"] {
                 assert!(
                     body.contains(&format!("id=\"{id}\"")),
                     "{path} has no #{id}"
