@@ -90,13 +90,7 @@ fn inspect(id: &str, format: &str) -> String {
 
 /// `hashes` as the webui's `/json` reports it.
 fn hashes() -> Option<u64> {
-    let json: serde_json::Value = http()
-        .get("http://127.0.0.1:8000/json")
-        .send()
-        .ok()?
-        .json()
-        .ok()?;
-    json["hashes"].as_u64()
+    counts().map(|(hashes, _)| hashes)
 }
 
 /// `hashes` and `coins` as the webui's `/json` reports them.

@@ -7,18 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use support::{
-    Process, Redis, Service, backends, eventually, free_port, http, logged_units, sha256_hex,
-    worker,
+    Process, Redis, Service, backends, eventually, free_port, http, logged_units, quick,
+    sha256_hex, worker,
 };
-
-/// Delays small enough for quick tests, large enough that the worker is not flat out.
-fn quick() -> Vec<(&'static str, String)> {
-    vec![
-        ("RNG_DELAY", "5ms".into()),
-        ("HASHER_DELAY", "5ms".into()),
-        ("WORKER_DELAY", "5ms".into()),
-    ]
-}
 
 #[test]
 fn mines_coins_into_redis_and_the_webui_reports_them() {

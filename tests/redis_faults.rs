@@ -16,17 +16,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use support::{
     Process, REDIS_MAXMEMORY, Redis, Service, backends, eventually, failed_flushes, logged_units,
-    worker,
+    quick, worker,
 };
-
-/// Delays small enough for quick tests, large enough that the worker is not flat out.
-fn quick() -> Vec<(&'static str, String)> {
-    vec![
-        ("RNG_DELAY", "5ms".into()),
-        ("HASHER_DELAY", "5ms".into()),
-        ("WORKER_DELAY", "5ms".into()),
-    ]
-}
 
 /// The units of each batch the worker logged, in order.
 fn batches(worker: &Process) -> Vec<u64> {
@@ -59,24 +50,52 @@ fn wait_for_failures(worker: &Process, kind: &str, count: u64) {
     );
 }
 
-/// Waits until the worker's flushes land again after a failure.
-fn wait_for_recovery(worker: &Process, recoveries_before: usize) {
-    eventually(Duration::from_secs(15), "the worker to flush again", || {
-        let now = worker
-            .log()
-            .iter()
-            .filter(|line| line.contains("Redis takes the counts again"))
-            .count();
-        (now > recoveries_before).then_some(())
-    });
-}
-
+/// How many times the worker said its flushes land again after failing.
 fn recoveries(worker: &Process) -> usize {
     worker
         .log()
         .iter()
         .filter(|line| line.contains("Redis takes the counts again"))
         .count()
+}
+
+/// Waits until the worker's flushes land again after a failure.
+fn wait_for_recovery(worker: &Process, recoveries_before: usize) {
+    eventually(Duration::from_secs(15), "the worker to flush again", || {
+        (recoveries(worker) > recoveries_before).then_some(())
+    });
+}
+
+/// Waits until the webui no longer reports a write problem.
+fn wait_until_no_write_problem(webui: &Service) {
+    eventually(
+        Duration::from_secs(5),
+        "the problem to leave the page",
+        || {
+            webui.get_json("/json")?["write_problem"]
+                .is_null()
+                .then_some(())
+        },
+    );
+}
+
+/// Stops the worker, and checks that `hashes` holds every unit it logged, once.
+fn assert_every_unit_counted_once(redis: &Redis, mut worker: Process) {
+    let (_, status) = worker.terminate();
+    assert!(status.success(), "worker exit status {status}");
+    assert_eq!(redis.hashes(), logged_units(&worker));
+}
+
+/// Redis, rng, hasher, and a worker that flushed once before Redis was stopped and then failed
+/// two flushes.
+fn worker_with_redis_down() -> (Redis, Service, Service, Process) {
+    let mut redis = Redis::start();
+    let (rng, hasher) = backends(&quick());
+    let worker = worker(&rng, &hasher, &redis, &quick());
+    redis.next_flush(0);
+    redis.stop();
+    wait_for_failures(&worker, "unreachable", 2);
+    (redis, rng, hasher, worker)
 }
 
 #[test]
@@ -195,7 +214,7 @@ fn a_flush_whose_answer_never_came_is_counted_once() {
     let redis = Redis::start();
     let eater = AnswerEater::start(&redis);
     let (rng, hasher) = backends(&quick());
-    let mut worker = worker(
+    let worker = worker(
         &rng,
         &hasher,
         &redis,
@@ -216,16 +235,14 @@ fn a_flush_whose_answer_never_came_is_counted_once() {
         "batch was already applied before Redis went away",
         Duration::from_secs(15),
     );
-    let (_, status) = worker.terminate();
-    assert!(status.success(), "worker exit status {status}");
-    assert_eq!(redis.hashes(), logged_units(&worker));
+    assert_every_unit_counted_once(&redis, worker);
 }
 
 #[test]
 fn a_key_of_the_wrong_type_stops_the_flush_whole_and_its_units_land_once_fixed() {
     let redis = Redis::start();
     let (rng, hasher) = backends(&quick());
-    let mut worker = worker(&rng, &hasher, &redis, &quick());
+    let worker = worker(&rng, &hasher, &redis, &quick());
     let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
     let mut connection = redis.connection();
     eventually(Duration::from_secs(30), "a coin and a served count", || {
@@ -288,19 +305,8 @@ fn a_key_of_the_wrong_type_stops_the_flush_whole_and_its_units_land_once_fixed()
             .query(&mut connection)
             .unwrap();
         wait_for_recovery(&worker, recovered);
-        eventually(
-            Duration::from_secs(5),
-            "the problem to leave the page",
-            || {
-                webui.get_json("/json")?["write_problem"]
-                    .is_null()
-                    .then_some(())
-            },
-        );
+        wait_until_no_write_problem(&webui);
     }
-    let (_, status) = worker.terminate();
-    assert!(status.success(), "worker exit status {status}");
-    assert_eq!(redis.hashes(), logged_units(&worker));
     // The line is logged once per outage, not once per refused flush.
     let warnings = worker
         .log()
@@ -308,13 +314,14 @@ fn a_key_of_the_wrong_type_stops_the_flush_whole_and_its_units_land_once_fixed()
         .filter(|line| line.contains("WRONGTYPE"))
         .count();
     assert_eq!(warnings, 3, "one line per corrupted key");
+    assert_every_unit_counted_once(&redis, worker);
 }
 
 #[test]
 fn at_maxmemory_writes_are_refused_and_nothing_is_lost_once_memory_is_freed() {
     let redis = Redis::start();
     let (rng, hasher) = backends(&quick());
-    let mut worker = worker(&rng, &hasher, &redis, &quick());
+    let worker = worker(&rng, &hasher, &redis, &quick());
     let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
     redis.next_flush(0);
 
@@ -365,18 +372,8 @@ fn at_maxmemory_writes_are_refused_and_nothing_is_lost_once_memory_is_freed() {
         .query(&mut connection)
         .unwrap();
     wait_for_recovery(&worker, recovered);
-    eventually(
-        Duration::from_secs(5),
-        "the problem to leave the page",
-        || {
-            webui.get_json("/json")?["write_problem"]
-                .is_null()
-                .then_some(())
-        },
-    );
-    let (_, status) = worker.terminate();
-    assert!(status.success(), "worker exit status {status}");
-    assert_eq!(redis.hashes(), logged_units(&worker));
+    wait_until_no_write_problem(&webui);
+    assert_every_unit_counted_once(&redis, worker);
 }
 
 #[test]
@@ -398,13 +395,7 @@ fn the_deployments_memory_limit_is_what_the_tests_redis_runs_with() {
 
 #[test]
 fn a_worker_stopped_while_redis_is_down_reports_exactly_what_it_loses() {
-    let mut redis = Redis::start();
-    let (rng, hasher) = backends(&quick());
-    let mut worker = worker(&rng, &hasher, &redis, &quick());
-    redis.next_flush(0);
-    redis.stop();
-    wait_for_failures(&worker, "unreachable", 2);
-
+    let (mut redis, _rng, _hasher, mut worker) = worker_with_redis_down();
     let (took, status) = worker.terminate();
     assert!(status.success(), "worker exit status {status}");
     assert!(
@@ -431,12 +422,7 @@ fn a_worker_stopped_while_redis_is_down_reports_exactly_what_it_loses() {
 
 #[test]
 fn a_worker_killed_while_redis_is_down_loses_the_batch_it_held_and_no_more() {
-    let mut redis = Redis::start();
-    let (rng, hasher) = backends(&quick());
-    let worker = worker(&rng, &hasher, &redis, &quick());
-    redis.next_flush(0);
-    redis.stop();
-    wait_for_failures(&worker, "unreachable", 2);
+    let (mut redis, _rng, _hasher, worker) = worker_with_redis_down();
     worker.signal(Signal::SIGKILL);
 
     // While Redis is down the worker retries one batch (its last line) and piles up the rest

@@ -393,6 +393,15 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// Delays small enough for quick tests, large enough that the worker is not flat out.
+pub fn quick() -> Vec<(&'static str, String)> {
+    vec![
+        ("RNG_DELAY", "5ms".into()),
+        ("HASHER_DELAY", "5ms".into()),
+        ("WORKER_DELAY", "5ms".into()),
+    ]
+}
+
 /// rng and hasher with the given extra settings, e.g. `("RNG_DELAY", "0s")`.
 pub fn backends(env: &[(&str, String)]) -> (Service, Service) {
     (Service::start("rng", env), Service::start("hasher", env))

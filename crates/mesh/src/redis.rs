@@ -90,6 +90,16 @@ pub fn typed_keys() -> Vec<(String, &'static str)> {
     keys
 }
 
+/// `script` with its `{ TYPES }` placeholder replaced by a Lua table of the types of
+/// [`typed_keys`], in their order: the scripts that check the keys they are given.
+pub fn with_key_types(script: &str) -> String {
+    let types: Vec<String> = typed_keys()
+        .into_iter()
+        .map(|(_, kind)| format!("'{kind}'"))
+        .collect();
+    script.replace("{ TYPES }", &format!("{{{}}}", types.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +120,28 @@ mod tests {
         for url in ["127.0.0.1:6379", "http://redis", ""] {
             assert!(parse_url(url).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn scripts_get_the_type_of_every_key_in_order() {
+        assert_eq!(
+            with_key_types("local types = { TYPES }"),
+            "local types = {'string', 'hash', 'hash', 'zset', 'hash', 'zset', 'hash', 'zset'}"
+        );
+        let keys: Vec<String> = typed_keys().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(
+            keys,
+            [
+                "hashes",
+                "wallet",
+                "dockercoins:flushed",
+                "dockercoins:flushed:seen",
+                "dockercoins:served:rng",
+                "dockercoins:served:rng:seen",
+                "dockercoins:served:hasher",
+                "dockercoins:served:hasher:seen"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -118,11 +118,7 @@ return {hashes, coins, rng, hasher, table.concat(problems, '; ')}
 
 /// The read script with the types of [`mesh::redis::typed_keys`] filled in, in their order.
 fn read_counters_script() -> redis::Script {
-    let types: Vec<String> = mesh::redis::typed_keys()
-        .into_iter()
-        .map(|(_, kind)| format!("'{kind}'"))
-        .collect();
-    redis::Script::new(&READ_COUNTERS.replace("{ TYPES }", &format!("{{{}}}", types.join(", "))))
+    redis::Script::new(&mesh::redis::with_key_types(READ_COUNTERS))
 }
 
 /// Reads `hashes`, the number of coins and the calls served per replica, with the time Redis

@@ -198,11 +198,7 @@ pub struct Flusher {
 
 /// The flush script with the types of [`mesh::redis::typed_keys`] filled in, in their order.
 fn apply_batch_script() -> String {
-    let types: Vec<String> = mesh::redis::typed_keys()
-        .into_iter()
-        .map(|(_, kind)| format!("'{kind}'"))
-        .collect();
-    APPLY_BATCH.replace("{ TYPES }", &format!("{{{}}}", types.join(", ")))
+    mesh::redis::with_key_types(APPLY_BATCH)
 }
 
 impl Flusher {
@@ -276,11 +272,6 @@ impl Flusher {
     /// (or there was nothing to send).
     pub async fn flush_once(&mut self, tally: &Tally) -> bool {
         self.send(tally, Tally::take).await
-    }
-
-    /// The batch sent and not yet acknowledged, if any.
-    pub fn in_doubt(&self) -> Option<&Batch> {
-        self.in_doubt.as_ref()
     }
 
     /// Sends the batch in doubt, or else a new batch of what `take` takes from the tally.
