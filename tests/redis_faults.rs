@@ -431,3 +431,62 @@ fn a_worker_killed_while_redis_is_down_loses_the_batch_it_held_and_no_more() {
     redis.restart();
     assert_eq!(redis.hashes() + held, logged_units(&worker));
 }
+
+#[test]
+fn replicas_and_workers_not_seen_for_a_while_leave_redis_and_no_mark_expires() {
+    let redis = Redis::start();
+    let mut connection = redis.connection();
+    let now: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // A replica last seen an hour ago and a worker last seen two days ago, both gone; a replica
+    // and a worker seen a minute ago, maybe not.
+    let _: () = redis::pipe()
+        .hset("dockercoins:served:rng", "gone", 5)
+        .zadd("dockercoins:served:rng:seen", "gone", now - 3600)
+        .hset("dockercoins:served:rng", "recent", 7)
+        .zadd("dockercoins:served:rng:seen", "recent", now - 60)
+        .hset("dockercoins:flushed", "gone-worker", 9)
+        .zadd("dockercoins:flushed:seen", "gone-worker", now - 2 * 86_400)
+        .hset("dockercoins:flushed", "recent-worker", 3)
+        .zadd("dockercoins:flushed:seen", "recent-worker", now - 60)
+        .query(&mut connection)
+        .unwrap();
+    let (rng, hasher) = backends(&quick());
+    let worker = worker(&rng, &hasher, &redis, &quick());
+    redis.next_flush(0);
+
+    let served = redis.served("rng");
+    assert!(!served.contains_key("gone"), "{served:?}");
+    assert_eq!(served.get("recent"), Some(&7), "{served:?}");
+    let flushed: std::collections::BTreeMap<String, u64> = redis::cmd("HGETALL")
+        .arg("dockercoins:flushed")
+        .query(&mut connection)
+        .unwrap();
+    assert!(!flushed.contains_key("gone-worker"), "{flushed:?}");
+    assert_eq!(flushed.get("recent-worker"), Some(&3), "{flushed:?}");
+    assert_eq!(flushed.len(), 2, "this worker's mark too: {flushed:?}");
+    let seen: u64 = redis::cmd("ZCARD")
+        .arg("dockercoins:flushed:seen")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(seen, 2);
+    // Nothing the worker writes carries a TTL (-1; -2 is a key not written yet, such as a wallet
+    // before the first coin): no mark can expire before its retry.
+    for key in [
+        "hashes",
+        "wallet",
+        "dockercoins:flushed",
+        "dockercoins:flushed:seen",
+        "dockercoins:served:rng",
+        "dockercoins:served:rng:seen",
+    ] {
+        let ttl: i64 = redis::cmd("TTL").arg(key).query(&mut connection).unwrap();
+        assert!(
+            ttl == -1 || (key == "wallet" && ttl == -2),
+            "{key}: TTL {ttl}"
+        );
+    }
+    assert_every_unit_counted_once(&redis, worker);
+}
