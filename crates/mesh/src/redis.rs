@@ -1,4 +1,5 @@
-//! Redis connection pools with deadlines, for the services that read or write the counters.
+//! Redis connection pools with deadlines, and the key layout, for the services that read or
+//! write the counters (the worker writes, the webui reads: both must agree on every key and type).
 //!
 //! Every Redis call in the mesh must fail fast when Redis is down or frozen: the worker keeps
 //! mining and retries, the webui answers 503 within a second. deadpool-redis does the pooling;
