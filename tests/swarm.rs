@@ -258,6 +258,13 @@ impl Stack {
                 (containers.trim().is_empty() && networks.trim().is_empty()).then_some(())
             },
         );
+        self.remove_volume();
+    }
+
+    /// Redis's named volume outlives `docker stack rm` by design; a test's goes with its stack.
+    fn remove_volume(&self) {
+        let volume = format!("{}_redis-data", self.name);
+        let _ = output("docker", &["volume", "rm", "--force", &volume]);
     }
 
     /// `GET /json` on the webui's published port: `hashes`, straight from Redis.
@@ -390,6 +397,7 @@ impl Drop for Stack {
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
+            self.remove_volume();
         }
     }
 }

@@ -256,21 +256,32 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-/// A real redis-server on a free loopback port, with its data in a temporary directory. The
-/// append-only file is synced on every write, so a killed and restarted Redis keeps every write
-/// it acknowledged (what a worker's exactly-once flushes rely on).
+/// The `maxmemory` every deployment gives Redis (docker-compose.yml, the Swarm stack, Kubernetes).
+pub const REDIS_MAXMEMORY: &str = "96mb";
+
+/// A real redis-server on a free loopback port, with its data in a temporary directory, run as
+/// deployed: append-only file synced once a second (`appendfsync everysec`), `maxmemory` with
+/// `noeviction`. A Redis stopped with SIGTERM keeps every write it acknowledged; one killed with
+/// SIGKILL may lose the last second of them, and keeps a prefix of its writes (the file is a log).
 pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
+    maxmemory: String,
     process: Option<Process>,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::with_maxmemory(REDIS_MAXMEMORY)
+    }
+
+    /// A Redis with its own `maxmemory` (e.g. "2mb", to fill it quickly).
+    pub fn with_maxmemory(maxmemory: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory for Redis");
         let mut redis = Self {
             port: free_port(),
             dir,
+            maxmemory: maxmemory.to_string(),
             process: None,
         };
         redis.restart();
@@ -279,24 +290,37 @@ impl Redis {
 
     /// Starts (again) on the same port with the same data.
     pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.path().display().to_string();
         let args = [
-            "--bind".to_string(),
-            "127.0.0.1".to_string(),
-            "--port".to_string(),
-            self.port.to_string(),
-            "--dir".to_string(),
-            self.dir.path().display().to_string(),
-            "--save".to_string(),
-            String::new(),
-            "--appendonly".to_string(),
-            "yes".to_string(),
-            "--appendfsync".to_string(),
-            "always".to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory",
+            &self.maxmemory,
+            "--maxmemory-policy",
+            "noeviction",
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = Process::spawn("redis", &tool("redis-server"), &args, &[]);
         process.wait_for_log("Ready to accept connections", START_DEADLINE);
         self.process = Some(process);
+    }
+
+    /// Stops Redis with SIGTERM, as `docker stop` does: it syncs its file and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let (_, status) = process.terminate();
+            assert!(status.success(), "redis-server exit status {status}");
+        }
     }
 
     /// Kills Redis with SIGKILL: no shutdown, no final save.
@@ -367,6 +391,15 @@ impl Redis {
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
+}
+
+/// Delays small enough for quick tests, large enough that the worker is not flat out.
+pub fn quick() -> Vec<(&'static str, String)> {
+    vec![
+        ("RNG_DELAY", "5ms".into()),
+        ("HASHER_DELAY", "5ms".into()),
+        ("WORKER_DELAY", "5ms".into()),
+    ]
 }
 
 /// rng and hasher with the given extra settings, e.g. `("RNG_DELAY", "0s")`.
@@ -572,6 +605,24 @@ pub fn logged_units(worker: &Process) -> u64 {
             before.rsplit(' ').next()?.parse::<u64>().ok()
         })
         .sum()
+}
+
+/// The address of a worker's admin listener (`/metrics`, `/healthz`), from its log.
+pub fn worker_admin(worker: &Process) -> String {
+    let line = worker.wait_for_log("listening addr=", START_DEADLINE);
+    let addr = line.split("listening addr=").nth(1).expect("an address");
+    format!(
+        "http://{}",
+        addr.split_whitespace().next().expect("an address")
+    )
+}
+
+/// The flushes a worker failed so far, by kind (`dockercoins_redis_errors_total{kind}`), or all
+/// of them with `None`.
+pub fn failed_flushes(worker: &Process, kind: Option<&str>) -> u64 {
+    let samples = scrape(&format!("{}/metrics", worker_admin(worker)));
+    let with: Vec<(&str, &str)> = kind.map(|kind| ("kind", kind)).into_iter().collect();
+    total(&samples, "dockercoins_redis_errors_total", &with) as u64
 }
 
 /// One sample of a Prometheus text exposition: name, labels, value.

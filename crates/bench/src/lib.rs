@@ -7,6 +7,7 @@
 //! histogram), memory, sizes and SIGTERM times. [`report`] writes the results as JSON and
 //! markdown. The load generator also runs alone (`bench grpc`), which is handy under a profiler.
 //! [`compare`] puts the runs of two builds side by side (`scripts/bench-compare`).
+//! [`soak`] keeps one turbo worker going for minutes and watches Redis's memory and the rate.
 
 pub mod compare;
 pub mod grpc_load;
@@ -14,5 +15,6 @@ pub mod machine;
 pub mod process;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod turbo;
 pub mod wrk;

@@ -1,4 +1,5 @@
-//! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building); for
+//! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building), `bench
+//! soak` (`scripts/bench --soak <seconds>`); for
 //! profiling by hand, `bench up` (the stack alone, for a while) and `bench grpc` (one gRPC load
 //! on a running rng or hasher); `bench compare` (two builds' runs side by side).
 
@@ -25,6 +26,9 @@ enum Command {
     Up(UpArgs),
     /// Print the runs of two builds side by side (see scripts/bench-compare).
     Compare(CompareArgs),
+    /// One turbo worker flat out for a while: Redis's memory against its limit, and the rate,
+    /// every 10 s (writes target/bench/soak.json).
+    Soak(SoakArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +45,21 @@ struct CompareArgs {
     /// The change allowed in the bad direction, as a fraction.
     #[arg(long, default_value_t = 0.05)]
     tolerance: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct SoakArgs {
+    #[command(flatten)]
+    options: bench::run::Options,
+    /// How long to run.
+    #[arg(long = "for", default_value = "600s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Call pairs in flight (`WORKER_CONCURRENCY`).
+    #[arg(long, default_value_t = 4)]
+    concurrency: u32,
+    /// Units per call pair (`WORKER_BATCH`): the sweep's fastest step by default.
+    #[arg(long, default_value_t = 256)]
+    batch: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,6 +110,9 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("update {}", options.docs.display()))?;
                 eprintln!("bench: updated {}", options.docs.display());
             }
+        }
+        Command::Soak(args) => {
+            bench::soak::soak(&args.options, (args.concurrency, args.batch), args.duration)?;
         }
         Command::Up(args) => bench::run::up(&args.options, args.worker, args.duration)?,
         Command::Compare(args) => {

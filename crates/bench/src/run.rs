@@ -104,10 +104,17 @@ const QUIET_PERCENT: f64 = 20.0;
 /// The 32-byte body the hasher shim is sent (what the worker sends over gRPC).
 const BODY: &str = "0123456789abcdef0123456789abcdef";
 
+/// Redis's `maxmemory` in every deployment.
+pub const REDIS_MAXMEMORY: &str = "96mb";
+/// `WORKER_DIFFICULTY` of every worker the bench starts, as in the turbo overlay: at ~930k
+/// hashes/s, difficulty 1 would put ~58,000 coins a second into the wallet and fill Redis within
+/// minutes; at 5 it is about one a second.
+pub const DIFFICULTY: u8 = 5;
+
 /// redis-server and the three servers of the stack, flat out, on loopback.
-struct Stack {
+pub struct Stack {
     redis: Running,
-    redis_url: String,
+    pub redis_url: String,
     rng: Running,
     rng_addr: SocketAddr,
     hasher: Running,
@@ -117,18 +124,30 @@ struct Stack {
 }
 
 impl Stack {
-    fn start(options: &Options, logs: &Path) -> anyhow::Result<Self> {
+    pub fn start(options: &Options, logs: &Path) -> anyhow::Result<Self> {
         let port = process::free_port()?;
-        // Counters only, no persistence: as in docker-compose.yml.
+        // As deployed (docker-compose.yml): an append-only file synced once a second, memory
+        // capped, nothing evicted. Its own directory, emptied first: each run starts from zero.
+        let dir = options.out_dir.join("redis");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let args = [
             "--bind",
             "127.0.0.1",
             "--port",
             &port.to_string(),
+            "--dir",
+            &dir.display().to_string(),
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory",
+            REDIS_MAXMEMORY,
+            "--maxmemory-policy",
+            "noeviction",
         ]
         .map(str::to_string);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -179,7 +198,7 @@ impl Stack {
 
     /// A worker, flat out, with `concurrency` call pairs in flight of `batch` units each (`delay`
     /// between them).
-    fn worker(
+    pub fn worker(
         &self,
         options: &Options,
         logs: &Path,
@@ -193,6 +212,7 @@ impl Stack {
             ("WORKER_DELAY", delay.to_string()),
             ("WORKER_CONCURRENCY", concurrency.to_string()),
             ("WORKER_BATCH", batch.to_string()),
+            ("WORKER_DIFFICULTY", DIFFICULTY.to_string()),
             ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
         ];
         let name = format!("worker-{concurrency}x{batch}");

@@ -1,4 +1,5 @@
-//! Redis connection pools with deadlines, for the services that read or write the counters.
+//! Redis connection pools with deadlines, and the key layout, for the services that read or
+//! write the counters (the worker writes, the webui reads: both must agree on every key and type).
 //!
 //! Every Redis call in the mesh must fail fast when Redis is down or frozen: the worker keeps
 //! mining and retries, the webui answers 503 within a second. deadpool-redis does the pooling;
@@ -39,10 +40,65 @@ pub fn parse_url(url: &str) -> Result<String, String> {
 /// flush script takes them and the dashboard shows them.
 pub const SERVED_SERVICES: [&str; 2] = ["rng", "hasher"];
 
+/// The Redis layout the worker writes and the webui reads.
+///
+/// Redis 7.0 has no per-field expiry, so everything that must not grow forever is a hash paired
+/// with a sorted set of last-seen times (Redis's own clock), pruned by the worker's flush script:
+/// per-replica counts go after [`SERVED_HORIZON_SECONDS`], a worker's de-duplication mark after
+/// [`WORKER_HORIZON_SECONDS`]. Nothing has a TTL, so nothing can expire or (with
+/// `maxmemory-policy noeviction`) be evicted before a retry.
+pub mod layout {
+    /// Units of work done: a string holding an integer (`INCRBY`).
+    pub const HASHES: &str = "hashes";
+    /// Coins found: a hash, digest (64 hex digits) to the 32 bytes it is the digest of.
+    pub const WALLET: &str = "wallet";
+    /// The last batch number applied, per worker process: a hash, worker id to number.
+    pub const FLUSHED: &str = "dockercoins:flushed";
+    /// When each worker of [`FLUSHED`] last flushed: a sorted set, worker id scored by seconds.
+    pub const FLUSHED_SEEN: &str = "dockercoins:flushed:seen";
+    /// How long a worker's mark outlives its last flush. A retry comes within seconds; only a
+    /// worker cut off from Redis for a day while others flush could see its batch counted twice.
+    pub const WORKER_HORIZON_SECONDS: u64 = 24 * 3600;
+    /// How long a replica's served count outlives its last call: a scaled-down replica leaves
+    /// the hash after this (the dashboard stops showing it after 10 seconds already).
+    pub const SERVED_HORIZON_SECONDS: u64 = 600;
+}
+
 /// The Redis hash in which the workers count, per replica of `service` ("rng" or "hasher"), the
 /// calls it served: field = the replica's name (its hostname), value = calls.
 pub fn served_key(service: &str) -> String {
     format!("dockercoins:served:{service}")
+}
+
+/// The sorted set of when each replica of `service` last served a call (see [`layout`]).
+pub fn served_seen_key(service: &str) -> String {
+    format!("dockercoins:served:{service}:seen")
+}
+
+/// Every key the worker writes, with the Redis type it must have: the flush script refuses to
+/// start on any other, and the webui names the key on the dashboard.
+pub fn typed_keys() -> Vec<(String, &'static str)> {
+    let mut keys = vec![
+        (layout::HASHES.to_string(), "string"),
+        (layout::WALLET.to_string(), "hash"),
+        (layout::FLUSHED.to_string(), "hash"),
+        (layout::FLUSHED_SEEN.to_string(), "zset"),
+    ];
+    for service in SERVED_SERVICES {
+        keys.push((served_key(service), "hash"));
+        keys.push((served_seen_key(service), "zset"));
+    }
+    keys
+}
+
+/// `script` with its `{ TYPES }` placeholder replaced by a Lua table of the types of
+/// [`typed_keys`], in their order: the scripts that check the keys they are given.
+pub fn with_key_types(script: &str) -> String {
+    let types: Vec<String> = typed_keys()
+        .into_iter()
+        .map(|(_, kind)| format!("'{kind}'"))
+        .collect();
+    script.replace("{ TYPES }", &format!("{{{}}}", types.join(", ")))
 }
 
 #[cfg(test)]
@@ -65,6 +121,28 @@ mod tests {
         for url in ["127.0.0.1:6379", "http://redis", ""] {
             assert!(parse_url(url).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn scripts_get_the_type_of_every_key_in_order() {
+        assert_eq!(
+            with_key_types("local types = { TYPES }"),
+            "local types = {'string', 'hash', 'hash', 'zset', 'hash', 'zset', 'hash', 'zset'}"
+        );
+        let keys: Vec<String> = typed_keys().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(
+            keys,
+            [
+                "hashes",
+                "wallet",
+                "dockercoins:flushed",
+                "dockercoins:flushed:seen",
+                "dockercoins:served:rng",
+                "dockercoins:served:rng:seen",
+                "dockercoins:served:hasher",
+                "dockercoins:served:hasher:seen"
+            ]
+        );
     }
 
     #[tokio::test]

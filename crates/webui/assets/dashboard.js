@@ -19,6 +19,7 @@
     banner: byId("banner"),
     bannerTitle: byId("banner-title"),
     bannerReason: byId("banner-reason"),
+    writeProblem: byId("write-problem"),
     updated: byId("updated"),
     chart: byId("chart"),
     replicas: { rng: byId("replicas-rng"), hasher: byId("replicas-hasher") },
@@ -48,6 +49,9 @@
     view.updated.textContent = "updated " + new Date(data.now * 1000).toLocaleTimeString();
     document.title = data.rate.toFixed(2) + " hashes/s · DockerCoins";
     view.banner.hidden = true;
+    // Redis answers reads but refuses the workers' writes: the counters stand still meanwhile.
+    view.writeProblem.textContent = data.write_problem || "";
+    view.writeProblem.hidden = !data.write_problem;
     setState("live", "Live");
     remember(data.rate);
     showReplicas(data.replicas || {});

@@ -30,6 +30,10 @@ pub struct Report {
     /// Calls per second of each rng and hasher replica seen in the last 10 seconds (see
     /// [`crate::replicas`]).
     pub replicas: replicas::Report,
+    /// Why Redis refuses (or soon will refuse) the workers' counts, in one line: memory at
+    /// `maxmemory`, a read-only replica, a key of the wrong type. `null` when it takes them. The
+    /// workers keep what Redis refuses and flush it once the cause is gone.
+    pub write_problem: Option<String>,
 }
 
 /// The readings, as the sampler leaves them.
@@ -40,6 +44,10 @@ pub struct Board {
     latest: Option<(Instant, u64, u64)>,
     /// Why the last reading failed, if it did.
     error: Option<String>,
+    /// Keys of the wrong type, as of the latest reading.
+    wrong_keys: Option<String>,
+    /// What `INFO` last said against writes.
+    write_health: Option<String>,
 }
 
 impl Board {
@@ -48,12 +56,18 @@ impl Board {
     pub fn record(&mut self, sample: Sample, timed: bool) {
         self.latest = Some((sample.at, sample.hashes, sample.coins));
         self.error = None;
+        self.wrong_keys = sample.wrong_keys;
         if timed {
             self.rate.record(sample.at, sample.hashes);
             for (service, counts) in sample.served {
                 self.replicas.record(sample.at, service, counts);
             }
         }
+    }
+
+    /// Notes what Redis's memory and role say against writes (`None`: nothing).
+    pub fn write_health(&mut self, problem: Option<String>) {
+        self.write_health = problem;
     }
 
     /// Notes that a reading failed, and why.
@@ -85,7 +99,19 @@ impl Board {
             // The estimate is good to a few percent: more digits would only be noise.
             rate: (rate * 1000.0).round() / 1000.0,
             replicas: self.replicas.report(now),
+            write_problem: self.write_problem(),
         })
+    }
+}
+
+impl Board {
+    fn write_problem(&self) -> Option<String> {
+        let problems: Vec<&str> = [&self.write_health, &self.wrong_keys]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 }
 
@@ -98,6 +124,7 @@ mod tests {
             hashes,
             coins: hashes / 16,
             served: vec![("rng", vec![("r".to_string(), hashes)])],
+            wrong_keys: None,
             at,
             round_trip: Duration::from_millis(1),
         }
@@ -118,5 +145,26 @@ mod tests {
         assert!(board.report(start + Duration::from_millis(900)).is_ok());
         let reason = board.report(start + Duration::from_secs(2)).unwrap_err().0;
         assert_eq!(reason, "cannot reach Redis: refused");
+    }
+
+    #[test]
+    fn a_write_problem_shows_until_its_cause_is_gone() {
+        let start = Instant::now();
+        let mut board = Board::default();
+        board.record(sample(start, 32), true);
+        assert_eq!(board.report(start).unwrap().write_problem, None);
+
+        board.write_health(Some("Redis is full".to_string()));
+        let mut wrong = sample(start, 32);
+        wrong.wrong_keys = Some("key wallet holds a string, not a hash".to_string());
+        board.record(wrong, true);
+        assert_eq!(
+            board.report(start).unwrap().write_problem.as_deref(),
+            Some("Redis is full; key wallet holds a string, not a hash")
+        );
+
+        board.write_health(None);
+        board.record(sample(start, 33), true);
+        assert_eq!(board.report(start).unwrap().write_problem, None);
     }
 }

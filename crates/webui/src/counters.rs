@@ -4,6 +4,11 @@
 //! `wallet`, both in one script. The webui only reads them. Every read gives up after
 //! [`READ_DEADLINE`], so that a Redis that is down or frozen turns into a 503 the page can show
 //! within a second, not a request that hangs.
+//!
+//! When Redis refuses the workers' writes, the workers keep their counts and say so in their own
+//! logs, but they cannot tell the dashboard through a Redis that refuses writes. The webui sees the
+//! causes itself: a key of the wrong type (checked by the read script, which still reads the rest)
+//! and memory at `maxmemory` or a read-only replica ([`read_write_problem`], from `INFO`).
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +16,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use deadpool_redis::Pool;
-use deadpool_redis::redis::{self, RedisError};
+use redis::RedisError;
 
 use crate::replicas::SERVICES;
 
@@ -29,6 +34,8 @@ pub struct Sample {
     pub coins: u64,
     /// Per service of [`crate::replicas::SERVICES`]: calls served per replica.
     pub served: Vec<(&'static str, Vec<(String, u64)>)>,
+    /// Keys the workers write that hold the wrong type, in words; `None` when all are right.
+    pub wrong_keys: Option<String>,
     /// Halfway through the round trip: the best guess at when Redis read the values.
     pub at: Instant,
     /// How long the read took, so that the caller can tell how far `at` may be off.
@@ -84,29 +91,134 @@ struct ErrorBody<'a> {
 /// Calls served per replica of one service, as `HGETALL` gives them.
 type Served = Vec<(String, u64)>;
 
+/// Reads the counters without writing, atomically (a script runs alone in Redis), and checks the
+/// type of every key the workers write (KEYS: [`mesh::redis::typed_keys`]). A key of the wrong
+/// type is read as empty and named in the last value, so that the page still shows the rest.
+/// Returns `hashes` (or nil), the coins, rng's and hasher's served calls, and the problems.
+const READ_COUNTERS: &str = r"#!lua flags=no-writes
+local types = { TYPES }
+local problems, ok = {}, {}
+for k, want in ipairs(types) do
+  local got = redis.call('TYPE', KEYS[k])['ok']
+  ok[k] = got == 'none' or got == want
+  if not ok[k] then
+    table.insert(problems, 'key ' .. KEYS[k] .. ' holds a ' .. got .. ', not a ' .. want)
+  end
+end
+local hashes = ok[1] and redis.call('GET', KEYS[1])
+if hashes and not string.match(hashes, '^%d+$') then
+  table.insert(problems, 'key ' .. KEYS[1] .. ' holds a string that is not a count')
+  hashes = false
+end
+local coins = ok[2] and redis.call('HLEN', KEYS[2]) or 0
+local rng = ok[5] and redis.call('HGETALL', KEYS[5]) or {}
+local hasher = ok[7] and redis.call('HGETALL', KEYS[7]) or {}
+return {hashes, coins, rng, hasher, table.concat(problems, '; ')}
+";
+
+/// The read script with the types of [`mesh::redis::typed_keys`] filled in, in their order.
+fn read_counters_script() -> redis::Script {
+    redis::Script::new(&mesh::redis::with_key_types(READ_COUNTERS))
+}
+
 /// Reads `hashes`, the number of coins and the calls served per replica, with the time Redis
-/// answered. In one MULTI/EXEC: the worker changes them all in one script, so one reading never
+/// answered. In one script: the worker changes them all in one script, so one reading never
 /// shows a coin or a call whose unit of work is not in `hashes` yet.
 pub async fn read_sample(pool: &Pool) -> Result<Sample, ReadError> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(read_counters_script);
     within_deadline(async {
         // Connecting is not timed: only the reads say when the values were read.
         let mut connection = pool.get().await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic().get("hashes").hlen("wallet");
-        for service in SERVICES {
-            pipe.hgetall(mesh::redis::served_key(service));
+        let mut invocation = SCRIPT.prepare_invoke();
+        for (key, _) in mesh::redis::typed_keys() {
+            invocation.key(key);
         }
         let sent = Instant::now();
-        let (hashes, coins, rng, hasher): (Option<u64>, u64, Served, Served) =
-            pipe.query_async(&mut connection).await?;
+        let (hashes, coins, rng, hasher, problems): (Option<u64>, u64, Served, Served, String) =
+            invocation.invoke_async(&mut connection).await?;
         let round_trip = sent.elapsed();
         Ok(Sample {
             hashes: hashes.unwrap_or(0),
             coins,
             served: SERVICES.into_iter().zip([rng, hasher]).collect(),
+            wrong_keys: (!problems.is_empty()).then_some(problems),
             at: sent + round_trip / 2,
             round_trip,
         })
+    })
+    .await
+}
+
+/// What `INFO memory replication` says about whether Redis takes writes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WriteHealth {
+    /// Bytes that count against `maxmemory` (`used_memory` less `mem_not_counted_for_evict`).
+    pub used: u64,
+    /// `maxmemory`, 0 for none.
+    pub maxmemory: u64,
+    /// Whether Redis is a replica (which refuses writes).
+    pub replica: bool,
+}
+
+/// Memory use from which the dashboard warns: a turbo run can fill the last tenth within minutes.
+const NEARLY_FULL: f64 = 0.9;
+
+impl WriteHealth {
+    /// Parses the fields it needs from `INFO`'s text.
+    pub fn parse(info: &str) -> Self {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let number = |name: &str| -> u64 { field(name).and_then(|v| v.parse().ok()).unwrap_or(0) };
+        Self {
+            used: number("used_memory").saturating_sub(number("mem_not_counted_for_evict")),
+            maxmemory: number("maxmemory"),
+            replica: field("role") == Some("slave"),
+        }
+    }
+
+    /// Why the workers' writes are or soon will be refused, in one line; `None` when all is well.
+    pub fn problem(&self) -> Option<String> {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        if self.replica {
+            return Some("Redis is a read-only replica: it refuses the workers' counts".into());
+        }
+        if self.maxmemory == 0 {
+            return None;
+        }
+        let share = self.used as f64 / self.maxmemory as f64;
+        if self.used >= self.maxmemory {
+            Some(format!(
+                "Redis is full ({:.1} MiB of its {:.1} MiB maxmemory): it refuses the workers' counts, which wait in the workers",
+                mib(self.used),
+                mib(self.maxmemory)
+            ))
+        } else if share >= NEARLY_FULL {
+            Some(format!(
+                "Redis is {:.0}% full ({:.1} MiB of its {:.1} MiB maxmemory): it will refuse the workers' counts when full",
+                share * 100.0,
+                mib(self.used),
+                mib(self.maxmemory)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Reads whether Redis takes writes (memory and role), within [`READ_DEADLINE`].
+pub async fn read_write_health(pool: &Pool) -> Result<WriteHealth, ReadError> {
+    within_deadline(async {
+        let mut connection = pool.get().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .arg("replication")
+            .query_async(&mut connection)
+            .await?;
+        Ok(WriteHealth::parse(&info))
     })
     .await
 }
@@ -135,6 +247,45 @@ mod tests {
         let reason = err.reason();
         assert!(!reason.contains('\n'), "{reason}");
         assert!(reason.contains("first line second line"), "{reason}");
+    }
+
+    #[test]
+    fn memory_at_maxmemory_or_a_replica_is_a_write_problem() {
+        let info = |used: u64, max: u64, role: &str| {
+            format!(
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:x\r\nmaxmemory:{max}\r\nmem_not_counted_for_evict:1000\r\n# Replication\r\nrole:{role}\r\n"
+            )
+        };
+        let mib = 1024 * 1024;
+        let health = WriteHealth::parse(&info(50 * mib + 1000, 96 * mib, "master"));
+        assert_eq!(
+            health,
+            WriteHealth {
+                used: 50 * mib,
+                maxmemory: 96 * mib,
+                replica: false
+            }
+        );
+        assert_eq!(health.problem(), None);
+        assert_eq!(
+            WriteHealth::parse(&info(50 * mib, 0, "master")).problem(),
+            None
+        );
+        let full = WriteHealth::parse(&info(97 * mib, 96 * mib, "master"))
+            .problem()
+            .unwrap();
+        assert!(
+            full.starts_with("Redis is full (97.0 MiB of its 96.0 MiB"),
+            "{full}"
+        );
+        let nearly = WriteHealth::parse(&info(90 * mib, 96 * mib, "master"))
+            .problem()
+            .unwrap();
+        assert!(nearly.starts_with("Redis is 94% full"), "{nearly}");
+        let replica = WriteHealth::parse(&info(1, 96 * mib, "slave"))
+            .problem()
+            .unwrap();
+        assert!(replica.contains("read-only replica"), "{replica}");
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@
 //! worked out here from readings taken four times a second rather than in the browser from two
 //! polls. `/json` answers from the latest reading, at most 250 ms old, never waiting for Redis
 //! (see [`board`]). The webui starts and serves its page without Redis; `/json` then answers 503,
-//! and works again as soon as Redis is back.
+//! and works again as soon as Redis is back. When Redis answers but refuses the workers' writes
+//! (full, read-only, a key of the wrong type), `/json`'s `write_problem` says why in one line and
+//! the page shows it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -226,7 +228,7 @@ mod tests {
             let (status, content_type, body) = call(Method::GET, path).await;
             assert_eq!(status, StatusCode::OK, "{path}");
             assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
-            for id in ["speed", "hashes", "coins"] {
+            for id in ["speed", "hashes", "coins", "write-problem"] {
                 assert!(
                     body.contains(&format!("id=\"{id}\"")),
                     "{path} has no #{id}"

@@ -5,7 +5,9 @@
 //! the same exactly-once script as `hashes`. The sampler reads both with `hashes`; each replica's
 //! counter gets its own [`HashRate`], the same least-squares slope as the hashing speed. Only the
 //! replicas whose counter moved in the last [`WINDOW`] are reported: the others are gone (scaled
-//! down, or replaced), though Redis keeps their counts.
+//! down, or replaced). Redis keeps their counts ten minutes more, then the workers' flush script
+//! prunes them (`mesh::redis::layout`), so that the hashes do not grow with every replica ever
+//! started.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -4,6 +4,8 @@
 //! The speed must not depend on when browsers happen to poll `/json`, nor on how many of them do:
 //! one task reads the counter on a steady clock and feeds [`HashRate`], and `/json` only asks
 //! it for the slope. Four readings a second place each flush within 250 ms of when it landed.
+//! Once a second it also asks Redis whether it takes writes (memory, role), for the dashboard's
+//! write-problem line.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +21,10 @@ use crate::counters;
 /// Time between two readings.
 pub const EVERY: Duration = Duration::from_millis(250);
 
+/// Readings between two checks of whether Redis takes writes: once a second is soon enough for
+/// a line on the page, and `INFO` is not free.
+const HEALTH_EVERY: u32 = 4;
+
 /// A reading whose round trip took longer than this may be off by more than the spacing of the
 /// readings themselves; the speed is better without it.
 const MAX_ROUND_TRIP: Duration = EVERY;
@@ -31,16 +37,39 @@ pub async fn run(pool: Pool, board: Arc<Mutex<Board>>, shutdown: Shutdown) {
     // After a slow read, carry on at the usual spacing rather than bursting to catch up.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reachable = None;
-    loop {
+    // Whether the last check found a problem: logged when that changes, not as the numbers move.
+    let mut write_problem = false;
+    for reading_number in 0u32.. {
         // Dropping a reading midway is safe (see `counters::within_deadline`), so shutdown does
         // not wait for one to finish.
+        let check_health = reading_number % HEALTH_EVERY == 0;
         let next = async {
             ticks.tick().await;
-            counters::read_sample(&pool).await
+            let health = if check_health {
+                Some(counters::read_write_health(&pool).await)
+            } else {
+                None
+            };
+            (counters::read_sample(&pool).await, health)
         };
-        let Some(reading) = shutdown.run_until_cancelled(next).await else {
+        let Some((reading, health)) = shutdown.run_until_cancelled(next).await else {
             break;
         };
+        // A failed check says nothing about writes: the failed reading says Redis is away.
+        if let Some(Ok(health)) = health {
+            let problem = health.problem();
+            if problem.is_some() != write_problem {
+                match &problem {
+                    Some(problem) => warn!(%problem, "Redis refuses or will soon refuse writes"),
+                    None => info!("Redis takes writes again"),
+                }
+                write_problem = problem.is_some();
+            }
+            board
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .write_health(problem);
+        }
         match reading {
             Ok(reading) => {
                 if reachable != Some(true) {

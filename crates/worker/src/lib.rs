@@ -63,6 +63,11 @@ pub struct Config {
     /// 32 bytes still one unit (turbo mode: far fewer calls per unit).
     #[arg(long, env = "WORKER_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH as i64))]
     pub batch: u32,
+    /// Leading hex zeros of a digest that make it a coin: 1 is the original's rule (one unit in
+    /// 16); each step is 16 times rarer. Raise it when mining flat out, so that the wallet in
+    /// Redis grows by a few coins a second rather than tens of thousands.
+    #[arg(long, env = "WORKER_DIFFICULTY", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_DIFFICULTY as i64))]
+    pub difficulty: u8,
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9000")]
     pub admin_listen: SocketAddr,
@@ -96,6 +101,9 @@ impl mesh::binary::ServiceConfig for Config {
         self.command.as_ref()
     }
 }
+
+/// Largest `WORKER_DIFFICULTY`: 16 hex zeros is one digest in 2^64, already never.
+pub const MAX_DIFFICULTY: u8 = 16;
 
 /// Largest `WORKER_BATCH`: 32 KiB of random bytes per call, well under rng's and hasher's caps.
 pub const MAX_BATCH: u32 = 1024;
@@ -152,6 +160,7 @@ pub async fn run(
         lb = ?config.lb,
         delay = ?config.delay,
         concurrency = config.concurrency,
+        difficulty = config.difficulty,
         "worker starting"
     );
     mesh::metrics::install();
@@ -172,6 +181,7 @@ pub async fn run(
         rng: RngServiceClient::new(rng),
         retries: retry::budget(),
         batch: config.batch,
+        difficulty: config.difficulty,
         hasher: HasherServiceClient::new(hasher),
     };
     let admin_app = mesh::admin::Admin::new(shutdown.clone())

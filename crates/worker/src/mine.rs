@@ -1,7 +1,7 @@
 //! One unit of work, and the loop that repeats it.
 //!
 //! A unit asks rng for 32 random bytes, asks hasher for their SHA-256 and, when the digest starts
-//! with `0`, has found a coin. In turbo mode (`WORKER_BATCH` > 1) one pair of calls does many
+//! with `WORKER_DIFFICULTY` zeros (one by default, as in the original), has found a coin. In turbo mode (`WORKER_BATCH` > 1) one pair of calls does many
 //! units: rng gives that many times 32 bytes, and hasher's HashBatch hashes each 32 on its own. The loop pauses `WORKER_DELAY` between units, as the original did,
 //! and when rng or hasher fails it logs, backs off (capped at one second) and tries again: a
 //! worker never hangs and never exits because a dependency is down.
@@ -50,6 +50,8 @@ pub struct Backends {
     pub retries: Arc<TpsBudget>,
     /// Units per pair of calls (`WORKER_BATCH`).
     pub batch: u32,
+    /// Leading hex zeros that make a digest a coin (`WORKER_DIFFICULTY`).
+    pub difficulty: u8,
 }
 
 /// Units of work done by one pair of calls.
@@ -122,7 +124,7 @@ impl Backends {
         }
         let mut coins = Vec::new();
         for (digest, data) in digests.iter().zip(data.chunks(RANDOM_BYTES as usize)) {
-            if is_coin(digest) {
+            if is_coin(digest, self.difficulty) {
                 coins.push(Coin {
                     digest: parse_digest(digest)?,
                     data: data
@@ -173,9 +175,12 @@ fn parse_digest(digest: &str) -> Result<[u8; 32], UnitError> {
     Ok(bytes)
 }
 
-/// A digest that starts with `0` is a coin (one in sixteen).
-pub fn is_coin(digest: &str) -> bool {
-    digest.starts_with('0')
+/// A digest that starts with `difficulty` zeros is a coin: one in 16 to that power. The
+/// original's rule is difficulty 1; each step up makes coins, and the wallet's growth in Redis,
+/// sixteen times rarer.
+pub fn is_coin(digest: &str, difficulty: u8) -> bool {
+    let zeros = usize::from(difficulty);
+    digest.len() >= zeros && digest.bytes().take(zeros).all(|digit| digit == b'0')
 }
 
 /// Longest pause between two tries.
@@ -252,9 +257,22 @@ mod tests {
 
     #[test]
     fn a_coin_is_a_digest_starting_with_zero() {
-        assert!(is_coin("0a1b"));
-        assert!(!is_coin("a01b"));
-        assert!(!is_coin(""));
+        assert!(is_coin("0a1b", 1));
+        assert!(!is_coin("a01b", 1));
+        assert!(!is_coin("", 1));
+    }
+
+    #[test]
+    fn each_step_of_difficulty_asks_one_more_leading_zero() {
+        assert!(is_coin("000a", 3));
+        assert!(!is_coin("00a0", 3));
+        assert!(is_coin("00a0", 2));
+        assert!(!is_coin("00", 3), "a digest shorter than the difficulty");
+        // Among all two-digit prefixes, difficulty 2 keeps exactly one in 256.
+        let coins = (0..=255u8)
+            .filter(|n| is_coin(&format!("{n:02x}ff"), 2))
+            .count();
+        assert_eq!(coins, 1);
     }
 
     #[test]

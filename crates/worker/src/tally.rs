@@ -17,9 +17,9 @@ pub const MAX_PENDING_COINS: usize = 100_000;
 /// (see [`Tally::coins_waiting`]), so that a turbo worker's coins do not pile up for a second.
 pub const COINS_PER_BATCH: usize = 5000;
 
-/// A coin: a SHA-256 digest whose hex starts with `0`, and the 32 random bytes it is the digest
-/// of. Both inline, no allocation: a turbo worker finds ~40,000 coins a second and holds them
-/// until the next flush.
+/// A coin: a SHA-256 digest whose hex starts with enough zeros (`WORKER_DIFFICULTY`), and the 32
+/// random bytes it is the digest of. Both inline, no allocation: a turbo worker at difficulty 1
+/// finds ~40,000 coins a second and holds them until the next flush.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Coin {
     pub digest: [u8; 32],
