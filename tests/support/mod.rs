@@ -166,7 +166,13 @@ impl Process {
             status
                 .lines()
                 .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
                 .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"))
                 / 1024.0
         };

@@ -6,4 +6,6 @@ fn bad_settings_exit_2_naming_the_variable() {
     mesh::config::assert_rejected(hasher, "HASHER_DELAY", "1 fortnight");
     mesh::config::assert_rejected(hasher, "HASHER_MAX_BODY", "big");
     mesh::config::assert_rejected(hasher, "HASHER_LISTEN", "0.0.0.0");
+    mesh::config::assert_rejected(hasher, "HASHER_MAX_QUEUE", "100001");
+    mesh::config::assert_rejected(hasher, "HASHER_MAX_ITEMS", "0");
 }

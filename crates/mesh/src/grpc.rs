@@ -84,14 +84,14 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
 }
 
 /// One port's whole router: `service` (a tonic server) and the HTTP `shim` behind one request
-/// queue of `concurrency` (0 = unlimited) and the injected `fault`, health, reflection, metrics and
+/// `queue` and the injected `fault`, health, reflection, metrics and
 /// the fault switch outside them, and [`fallback`] for every other path.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
 pub async fn router<S>(
     service: S,
     shim: axum::Router,
-    concurrency: usize,
+    queue: crate::queue::Queue,
     fault: crate::fault::Fault,
 ) -> (Health, axum::Router)
 where
@@ -106,7 +106,6 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let queue = crate::queue::Queue::new(concurrency);
     let (health, grpc) = health_and_reflection(&[S::NAME]).await;
     let grpc = grpc.add_service(queue.service(service)).into_axum_router();
     let shim = shim.layer(queue);

@@ -4,10 +4,12 @@
 //!
 //! `mesh` knows no service: services depend on it, never the other way round.
 
+pub mod admit;
 pub mod balance;
 pub mod binary;
 pub mod command;
 pub mod config;
+pub mod deadline;
 pub mod discovery;
 pub mod fault;
 pub mod forward;

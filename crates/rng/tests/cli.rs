@@ -7,4 +7,5 @@ fn bad_settings_exit_2_naming_the_variable() {
     mesh::config::assert_rejected(rng, "RNG_CONCURRENCY", "-1");
     mesh::config::assert_rejected(rng, "RNG_MAX_SIZE", "5000000000");
     mesh::config::assert_rejected(rng, "RNG_LISTEN", "nowhere");
+    mesh::config::assert_rejected(rng, "RNG_MAX_QUEUE", "-1");
 }

@@ -89,6 +89,17 @@ impl mesh::binary::ServiceConfig for Config {
 /// Largest `WORKER_BATCH`: 32 KiB of random bytes per call, well under rng's and hasher's caps.
 pub const MAX_BATCH: u32 = 1024;
 
+/// Largest answer rng sends this worker: the random bytes for one batch, plus framing.
+const RNG_MAX_ANSWER: usize = (mine::RANDOM_BYTES * MAX_BATCH) as usize + 64;
+
+/// Largest answer hasher sends this worker: a digest (64 characters and 2 bytes of framing) per
+/// unit of a batch.
+const HASHER_MAX_ANSWER: usize = 66 * MAX_BATCH as usize + 64;
+
+/// Largest request this worker sends: a HashBatch of one batch's random bytes, each item with up
+/// to 3 bytes of framing (a GenerateRequest is a few bytes).
+const MAX_REQUEST: usize = ((mine::RANDOM_BYTES + 3) * MAX_BATCH) as usize + 64;
+
 /// Deadline to open a connection to one replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -128,12 +139,16 @@ pub async fn run(
     mesh::metrics::install();
     let pool = mesh::redis::pool(&config.redis_url, 2)?;
     let backends = Backends {
+        // Limits in both directions: a confused or hostile replica cannot make the worker buffer
+        // more than one batch's answer (tonic's default decoding limit is 4 MiB).
         rng: RngServiceClient::new(balanced(
             &config,
             &config.rng_endpoint,
             config.rng_resolve_interval,
             &shutdown,
-        )),
+        ))
+        .max_decoding_message_size(RNG_MAX_ANSWER)
+        .max_encoding_message_size(MAX_REQUEST),
         retries: retry::budget(),
         batch: config.batch,
         hasher: HasherServiceClient::new(balanced(
@@ -141,7 +156,9 @@ pub async fn run(
             &config.hasher_endpoint,
             config.hasher_resolve_interval,
             &shutdown,
-        )),
+        ))
+        .max_decoding_message_size(HASHER_MAX_ANSWER)
+        .max_encoding_message_size(MAX_REQUEST),
     };
     let tally = std::sync::Arc::new(Tally::default());
 
