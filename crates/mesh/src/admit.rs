@@ -41,7 +41,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::queue::Refusal;
+use crate::queue::{Refusal, refusal};
 
 /// The length prefix of a gRPC message: a compression flag, then the length as a big-endian u32.
 const GRPC_PREFIX: usize = 5;
@@ -220,16 +220,7 @@ async fn peek_grpc_length<RB: Rebuild>(
 /// The answer to a large body that found every turn taken.
 fn refuse<B: Refusal>(grpc: bool, at_once: usize) -> http::Response<B> {
     let reason = format!("{at_once} large requests are being read already, retry later");
-    if grpc {
-        return tonic::Status::resource_exhausted(reason).into_http();
-    }
-    let mut response = http::Response::new(B::text(format!("{reason}\n")));
-    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    response.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("1"),
-    );
-    response
+    refusal(tonic::Status::resource_exhausted(reason), grpc)
 }
 
 #[cfg(test)]

@@ -187,22 +187,28 @@ impl Refused {
             Refused::DeadlineExceeded => "deadline",
         })
         .increment(1);
-        if grpc {
-            return tonic::Status::from(self).into_http();
-        }
-        let mut response = http::Response::new(B::text(format!("{self}\n")));
-        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
+        refusal(tonic::Status::from(self), grpc)
     }
+}
+
+/// A refusal that tells the caller to come back: `status` for a gRPC call; for HTTP, 503 with
+/// `Retry-After: 1` and the status's message as one line of text.
+pub fn refusal<B: Refusal>(status: tonic::Status, grpc: bool) -> http::Response<B> {
+    if grpc {
+        return status.into_http();
+    }
+    let mut response = http::Response::new(B::text(format!("{}\n", status.message())));
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// The limited case: waits for a turn inside the response future, so that the wait can be timed
