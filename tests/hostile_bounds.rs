@@ -339,3 +339,17 @@ async fn a_call_whose_deadline_passes_in_the_queue_leaves_it() {
     let ahead = ahead.await.unwrap().expect("the call ahead is served");
     assert_eq!(ahead.into_inner().data.len(), 32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_health_check_is_refused_unread() {
+    let hasher = Service::start("hasher", &[]);
+    let status = HealthClient::new(connect(&hasher).await)
+        .check(HealthCheckRequest {
+            service: "x".repeat(MIB),
+        })
+        .await
+        .expect_err("a 1 MiB service name");
+    assert_eq!(status.code(), Code::OutOfRange, "{status}");
+    assert_peak_rss_bounded(&hasher, "1 MiB health check");
+    assert_hashes(connect(&hasher).await, b"after the health check").await;
+}
