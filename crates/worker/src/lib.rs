@@ -180,3 +180,34 @@ pub async fn run(
     info!("worker stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use dockercoins::hasher::v1::{HashBatchRequest, HashBatchResponse};
+    use dockercoins::rng::v1::GenerateResponse;
+    use prost::Message;
+
+    #[test]
+    fn the_largest_batch_fits_the_clients_message_limits() {
+        let units = MAX_BATCH as usize;
+        let random = GenerateResponse {
+            data: vec![0xff; mine::RANDOM_BYTES as usize * units],
+        };
+        assert!(random.encoded_len() <= RNG_MAX_ANSWER);
+        let batch = HashBatchRequest {
+            data: vec![vec![0xff; mine::RANDOM_BYTES as usize]; units],
+        };
+        assert!(batch.encoded_len() <= MAX_REQUEST);
+        let digests = HashBatchResponse {
+            digests: vec![a_digest(); units],
+        };
+        assert!(digests.encoded_len() <= HASHER_MAX_ANSWER);
+    }
+
+    /// A digest as hasher writes it: 64 hexadecimal characters.
+    fn a_digest() -> String {
+        "0".repeat(64)
+    }
+}
