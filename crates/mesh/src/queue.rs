@@ -45,6 +45,20 @@ pub const QUEUE_WAIT: &str = "x-queue-wait-ms";
 /// request per 100 ms is already a 25 s wait, past every client's deadline.
 pub const DEFAULT_MAX_WAITING: usize = 256;
 
+/// The longest queue a setting may ask for: 100,000 requests at rng's ten a second is hours of
+/// waiting, no bound at all.
+pub const MAX_MAX_WAITING: usize = 100_000;
+
+/// Parses a queue bound setting (`RNG_MAX_QUEUE`, `HASHER_MAX_QUEUE`): 0 means nobody waits (a
+/// request that finds every turn taken is refused, shedding load instead of queueing it), up to
+/// [`MAX_MAX_WAITING`].
+pub fn parse_max_waiting(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(value) if value <= MAX_MAX_WAITING => Ok(value),
+        _ => Err(format!("expected an integer from 0 to {MAX_MAX_WAITING}")),
+    }
+}
+
 /// One queue, shared by every route and service it is applied to.
 #[derive(Clone, Debug)]
 pub struct Queue {
@@ -379,6 +393,16 @@ mod tests {
     fn grpc_code<B>(response: &http::Response<B>) -> tonic::Code {
         tonic::Status::from_header_map(response.headers())
             .map_or(tonic::Code::Ok, |status| status.code())
+    }
+
+    #[test]
+    fn the_bound_setting_is_from_0_to_the_maximum() {
+        assert_eq!(parse_max_waiting("0"), Ok(0));
+        assert_eq!(parse_max_waiting("256"), Ok(256));
+        assert_eq!(parse_max_waiting("100000"), Ok(MAX_MAX_WAITING));
+        for bad in ["100001", "-1", "", "many", "1e3"] {
+            assert!(parse_max_waiting(bad).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
