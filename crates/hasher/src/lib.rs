@@ -108,9 +108,13 @@ pub const BLOCKING_THRESHOLD: usize = 64 * 1024;
 /// larger ones are read [`LARGE_AT_ONCE`] at a time (see `mesh::admit`).
 pub const LARGE_BODY: usize = 64 * 1024;
 
-/// Large bodies read and served at once: 4 MiB-sized bodies in flight keep hasher's memory in
-/// tens of MiB, and are still enough to use both cores of a small machine.
-pub const LARGE_AT_ONCE: usize = 4;
+/// Large bodies read and served at once. A replica is one core's worth of work (see
+/// `mesh::runtime`): two keep that core busy (one read while the other hashes) and hold a few MiB.
+/// More only compete with the runtime thread for the CPU: under 200 streams of 1 MiB on one
+/// connection (tests/hostile_bounds.rs, debug build, two cores at a load average of 9), the
+/// runtime thread waited 1.0 to 2.0 s for a CPU with four (4 runs, `/proc/…/schedstat`), 0.4 to
+/// 1.6 s with two (5 runs).
+pub const LARGE_AT_ONCE: usize = 2;
 
 /// Largest answer the gRPC service encodes: a batch of `max_items` digests, each 64 characters
 /// plus 2 bytes of framing.
