@@ -3,20 +3,19 @@
 //! 200 streams of 1 MiB on one connection to hasher.
 //!
 //! Each attack runs against the real binary on loopback and asserts what the issue asks of every
-//! attack: gRPC health, through a connection opened before the attack, answers within 100 ms all
-//! along; the peak RSS (VmHWM) stays under 64 MiB; and a normal call succeeds afterwards.
+//! attack: gRPC health on the service port and `/healthz` on the admin port, through connections
+//! opened before the attack, answer within 100 ms all along; the peak RSS (VmHWM) stays under
+//! 64 MiB; and a normal call succeeds afterwards.
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
 use dockercoins::hasher::v1::{HashBatchRequest, HashRequest};
 use dockercoins::rng::v1::GenerateRequest;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
-use support::{Service, sha256_hex};
+use support::{Health, HealthProbe, Service, sha256_hex};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -38,67 +37,31 @@ async fn connect(service: &Service) -> Channel {
         .unwrap_or_else(|err| panic!("connect to {}: {err}", service.url()))
 }
 
-/// Asks gRPC health every 20 ms on its own connection, while an attack runs.
-///
-/// It runs on a thread and runtime of its own, so that what it measures is the service's answer,
-/// not the test's own attack tasks (which build and check megabytes) delaying it.
-struct HealthProbe {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(Duration, usize)>,
+/// gRPC health on the service port and `/healthz` on the admin port, each asked every 20 ms over
+/// a connection opened before the attack, from threads of their own (so that the test's own
+/// attack tasks, which build and check megabytes, do not delay them).
+struct Probes {
+    grpc: HealthProbe,
+    admin: HealthProbe,
 }
 
-impl HealthProbe {
-    /// Connects to `service` (before the attack), then probes until told to stop.
-    async fn start(service: &Service) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (connected, ready) = tokio::sync::oneshot::channel();
-        let url = service.url();
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
-                    connected.send(()).unwrap();
-                    let mut health = HealthClient::new(channel);
-                    let (mut slowest, mut answers) = (Duration::ZERO, 0);
-                    while !stop.load(Ordering::Relaxed) {
-                        let asked = Instant::now();
-                        let answer = health
-                            .check(HealthCheckRequest {
-                                service: String::new(),
-                            })
-                            .await
-                            .expect("health answers during the attack");
-                        assert_eq!(answer.into_inner().status, 1, "SERVING");
-                        slowest = slowest.max(asked.elapsed());
-                        answers += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    (slowest, answers)
-                })
-            }
-        });
-        ready.await.expect("the probe connects");
-        Self { stop, thread }
+impl Probes {
+    fn start(service: &Service) -> Self {
+        Self {
+            grpc: HealthProbe::start(Health::Grpc(service.addr)),
+            admin: HealthProbe::start(Health::Admin(service.admin)),
+        }
     }
 
     /// Stops probing and asserts that every answer came within [`HEALTH_BOUND`].
     async fn assert_answered_in_time(self, attack: &str) {
-        self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread;
-        let (slowest, answers) = tokio::task::spawn_blocking(move || thread.join().unwrap())
+        let Self { grpc, admin } = self;
+        let (grpc, admin) = tokio::task::spawn_blocking(move || (grpc.finish(), admin.finish()))
             .await
             .unwrap();
-        eprintln!("{attack}: slowest of {answers} health answers {slowest:?}");
-        assert!(answers > 0, "{attack}: no health answer at all");
-        assert!(
-            slowest < HEALTH_BOUND,
-            "{attack}: the slowest of {answers} health answers took {slowest:?}"
-        );
+        eprintln!("{attack}: slowest health answer {grpc:?} (gRPC), {admin:?} (/healthz)");
+        assert!(grpc < HEALTH_BOUND, "{attack}: gRPC health took {grpc:?}");
+        assert!(admin < HEALTH_BOUND, "{attack}: /healthz took {admin:?}");
     }
 }
 
@@ -124,7 +87,7 @@ async fn assert_hashes(channel: Channel, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_batches_too_large_in_items_or_bytes_are_refused_fast() {
     let hasher = Service::start("hasher", &[]);
-    let probe = HealthProbe::start(&hasher).await;
+    let probe = Probes::start(&hasher);
     let mut client = HasherServiceClient::new(connect(&hasher).await);
 
     for (attack, data) in [
@@ -164,7 +127,7 @@ async fn hash_batches_too_large_in_items_or_bytes_are_refused_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_streams_of_a_mebibyte_on_one_connection_stay_bounded() {
     let hasher = Service::start("hasher", &[]);
-    let probe = HealthProbe::start(&hasher).await;
+    let probe = Probes::start(&hasher);
     let attack = connect(&hasher).await;
     let calls: Vec<_> = (0..200u8)
         .map(|n| {
@@ -209,7 +172,7 @@ async fn rngs_queue_flooded_past_its_bound_refuses_fast_and_the_bound_holds() {
             ("RNG_MAX_QUEUE", BOUND.to_string()),
         ],
     );
-    let probe = HealthProbe::start(&rng).await;
+    let probe = Probes::start(&rng);
     let flood = connect(&rng).await;
 
     let grpc: Vec<_> = (0..60)

@@ -30,6 +30,14 @@ const SERVICES: [(&str, u64); 5] = [
     ("webui", 8000),
 ];
 
+/// The admin port (`/metrics`, `/healthz`, the fault switch) of each service that has one beside
+/// its service port, and the variable that sets it.
+const ADMIN_PORTS: [(&str, u64, &str); 3] = [
+    ("rng", 9001, "RNG_ADMIN_LISTEN"),
+    ("hasher", 9002, "HASHER_ADMIN_LISTEN"),
+    ("webui", 9003, "WEBUI_ADMIN_LISTEN"),
+];
+
 /// The objects one overlay renders to.
 struct Rendered {
     overlay: &'static str,
@@ -243,7 +251,15 @@ fn rng_and_hasher_are_headless_services_that_the_worker_names() {
                 .iter()
                 .filter_map(|port| port["containerPort"].as_u64())
                 .collect();
-            assert_eq!(container_ports, [port], "{overlay}: {name}");
+            let admin = ADMIN_PORTS.iter().find(|(service, ..)| *service == name);
+            let admin = admin.map(|(_, admin, _)| *admin).expect("an admin port");
+            assert_eq!(container_ports, [port, admin], "{overlay}: {name}");
+            // The Service exposes the service port only: the admin port is never behind it.
+            assert_eq!(
+                array(&service["spec"]["ports"]).len(),
+                1,
+                "{overlay}: {name}"
+            );
             // The worker asks for the Service by name, on its port, over plaintext HTTP/2.
             assert_eq!(
                 rendered.env("worker", variable),
@@ -282,16 +298,29 @@ fn rng_and_hasher_have_native_grpc_probes_on_their_port() {
 }
 
 #[test]
-fn webui_and_the_workers_admin_port_have_http_probes_on_healthz() {
+fn webui_and_the_worker_have_http_probes_on_their_admin_port() {
     for rendered in every_overlay() {
-        for (name, variable) in [("webui", "WEBUI_LISTEN"), ("worker", "WORKER_ADMIN_LISTEN")] {
+        for (name, variable) in [
+            ("webui", "WEBUI_ADMIN_LISTEN"),
+            ("worker", "WORKER_ADMIN_LISTEN"),
+        ] {
             let container = rendered.container(name);
             let port = port_of(&rendered.env(name, variable));
             for probe in ["readinessProbe", "livenessProbe"] {
                 let http = &container[probe]["httpGet"];
-                assert_eq!(http["path"], "/healthz", "{name} {probe}");
+                let path = http["path"].as_str().unwrap_or_default();
+                assert!(["/healthz", "/readyz"].contains(&path), "{name} {probe}");
                 assert_eq!(http["port"].as_u64(), Some(port), "{name} {probe}");
             }
+        }
+    }
+}
+
+#[test]
+fn every_admin_port_is_the_one_its_variable_sets() {
+    for rendered in every_overlay() {
+        for (name, port, variable) in ADMIN_PORTS {
+            assert_eq!(port_of(&rendered.env(name, variable)), port, "{name}");
         }
     }
 }
@@ -433,7 +462,15 @@ fn network_policies_allow_only_the_calls_the_application_makes() {
                 name: name.to_string(),
                 namespace: rendered.namespace.to_string(),
                 labels: rendered.pod_labels(name),
-                ports: vec![("TCP", *port)],
+                ports: std::iter::once(*port)
+                    .chain(
+                        ADMIN_PORTS
+                            .iter()
+                            .filter(|(s, ..)| s == name)
+                            .map(|(_, p, _)| *p),
+                    )
+                    .map(|port| ("TCP", port))
+                    .collect(),
             })
             .collect();
         let outside = |name: &str, namespace: &str, labels: &[(&str, &str)], ports| Peer {
@@ -493,10 +530,11 @@ fn network_policies_allow_only_the_calls_the_application_makes() {
             "worker -> kube-dns:53/TCP",
             "webui -> kube-dns:53/UDP",
             "webui -> kube-dns:53/TCP",
-            // The scraper reaches each metrics port.
-            "prometheus -> rng:8001/TCP",
-            "prometheus -> hasher:8002/TCP",
+            // The scraper reaches each admin port, where /metrics is, and no service port.
+            "prometheus -> rng:9001/TCP",
+            "prometheus -> hasher:9002/TCP",
             "prometheus -> worker:9000/TCP",
+            "prometheus -> webui:9003/TCP",
         ]
         .into_iter()
         .map(str::to_string)

@@ -278,7 +278,7 @@ fn metrics_parse_as_prometheus_text_and_agree_with_redis() {
         "dockercoins_picks_total",
         &[("service", "rng")],
     );
-    let rng_metrics = scrape(&format!("{}/metrics", rng.url()));
+    let rng_metrics = scrape(&format!("{}/metrics", rng.admin_url()));
     let generates = total(
         &rng_metrics,
         "dockercoins_requests_total",
@@ -292,7 +292,7 @@ fn metrics_parse_as_prometheus_text_and_agree_with_redis() {
         "{units} <= {rng_picks} <= {generates}"
     );
     let hashes = total(
-        &scrape(&format!("{}/metrics", hasher.url())),
+        &scrape(&format!("{}/metrics", hasher.admin_url())),
         "dockercoins_requests_total",
         &[("route", "/dockercoins.hasher.v1.HasherService/Hash")],
     );
@@ -306,7 +306,7 @@ fn metrics_parse_as_prometheus_text_and_agree_with_redis() {
 
     http().get(format!("{}/json", webui.url())).send().unwrap();
     let served = total(
-        &scrape(&format!("{}/metrics", webui.url())),
+        &scrape(&format!("{}/metrics", webui.admin_url())),
         "dockercoins_requests_total",
         &[("route", "/json"), ("code", "200")],
     );
@@ -319,7 +319,7 @@ fn generates(replicas: &[Service]) -> Vec<f64> {
         .iter()
         .map(|replica| {
             support::total(
-                &support::scrape(&format!("{}/metrics", replica.url())),
+                &support::scrape(&format!("{}/metrics", replica.admin_url())),
                 "dockercoins_requests_total",
                 &[("route", "/dockercoins.rng.v1.RngService/Generate")],
             )
@@ -358,12 +358,16 @@ fn first_replicas_share_drops(rngs: &[Service]) -> (f64, Duration) {
 #[test]
 fn a_replica_that_fails_while_serving_is_skipped_and_no_unit_fails() {
     let mesh = ThreeReplicas::start(&[]);
-    let answer = http()
-        .post(format!("{}/admin/fault", mesh.rngs[0].url()))
-        .body(r#"{"error_rate": 1}"#)
-        .send()
+    // As a learner would: the binary's own subcommand, talking to its admin port.
+    let rng = support::workspace_binary("rng");
+    let answer = std::process::Command::new(&rng)
+        .args(["fault", "--error-rate", "1"])
+        .env("RNG_ADMIN_LISTEN", mesh.rngs[0].admin.to_string())
+        .output()
         .unwrap();
-    assert_eq!(answer.status(), 200);
+    let shown = String::from_utf8_lossy(&answer.stdout);
+    assert!(answer.status.success(), "{answer:?}");
+    assert_eq!(shown.trim(), r#"{"delay":"0s","error_rate":1.0}"#);
     // It still reports SERVING: only the failures themselves can tell the worker.
     let (share, took) = first_replicas_share_drops(&mesh.rngs);
     eprintln!("failing replica's share {share:.3} after {took:?}");
@@ -385,13 +389,14 @@ fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
     let rngs = &mesh.rngs;
 
     let answer = http()
-        .post(format!("{}/admin/fault", rngs[0].url()))
+        .post(format!("{}/admin/fault", rngs[0].admin_url()))
+        .header("content-type", "application/json")
         .body(r#"{"delay": "500ms"}"#)
         .send()
         .unwrap();
     assert_eq!(answer.status(), 200);
     let shown: serde_json::Value = http()
-        .get(format!("{}/admin/fault", rngs[0].url()))
+        .get(format!("{}/admin/fault", rngs[0].admin_url()))
         .send()
         .unwrap()
         .json()
@@ -402,7 +407,8 @@ fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
     eprintln!("slow replica's share {share:.3} after {took:?}");
 
     let refused = http()
-        .post(format!("{}/admin/fault", rngs[0].url()))
+        .post(format!("{}/admin/fault", rngs[0].admin_url()))
+        .header("content-type", "application/json")
         .body(r#"{"error_rate": 2}"#)
         .send()
         .unwrap();

@@ -300,15 +300,19 @@ fn each_binarys_healthcheck_probes_the_running_service() {
         "hasher",
         &[("HASHER_LISTEN", hasher.addr.to_string())]
     ));
+    // The webui is probed on its admin port, where /healthz is.
     assert!(healthcheck(
         "webui",
-        &[("WEBUI_LISTEN", webui.addr.to_string())]
+        &[("WEBUI_ADMIN_LISTEN", webui.admin.to_string())]
     ));
     assert!(healthcheck("worker", &[("WORKER_ADMIN_LISTEN", admin)]));
 
     let nobody = format!("127.0.0.1:{}", free_port());
     assert!(!healthcheck("rng", &[("RNG_LISTEN", nobody.clone())]));
     assert!(!healthcheck("hasher", &[("HASHER_LISTEN", nobody.clone())]));
-    assert!(!healthcheck("webui", &[("WEBUI_LISTEN", nobody.clone())]));
+    assert!(!healthcheck(
+        "webui",
+        &[("WEBUI_ADMIN_LISTEN", nobody.clone())]
+    ));
     assert!(!healthcheck("worker", &[("WORKER_ADMIN_LISTEN", nobody)]));
 }

@@ -321,12 +321,12 @@ impl Stack {
     }
 
     /// Generate calls each rng task has served so far, by task address, read from each task's own
-    /// `/metrics` by a helper container on the stack's network.
+    /// `/metrics` (on its admin port, 9001) by a helper container on the stack's network.
     fn generate_calls(&self, addresses: &[String]) -> BTreeMap<String, f64> {
         // bash's /dev/tcp: the Redis image has no curl. One HTTP/1.0 GET per task.
         let script = r#"for ip in "$@"; do
             echo "== $ip"
-            exec 3<>"/dev/tcp/$ip/8001" || exit 1
+            exec 3<>"/dev/tcp/$ip/9001" || exit 1
             printf 'GET /metrics HTTP/1.0\r\nHost: rng\r\n\r\n' >&3
             timeout 10 cat <&3 || exit 1
             exec 3<&-

@@ -444,6 +444,118 @@ pub fn http() -> reqwest::blocking::Client {
         .expect("HTTP client")
 }
 
+/// Asks a service's gRPC health (rng, hasher) or its admin `/healthz` every 20 ms from a thread of
+/// its own, over a connection opened when the probe starts, so that an attack that fills the
+/// listener's connection slots afterwards does not shut the probe out; keeps the slowest answer.
+pub struct HealthProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(Duration, u32), String>>>,
+}
+
+/// Where a [`HealthProbe`] asks.
+#[derive(Clone, Copy, Debug)]
+pub enum Health {
+    /// `grpc.health.v1.Health/Check` for the whole server.
+    Grpc(SocketAddr),
+    /// `GET /healthz` on an admin port.
+    Admin(SocketAddr),
+}
+
+impl HealthProbe {
+    /// Connects, checks once, and keeps checking until [`HealthProbe::finish`].
+    pub fn start(target: Health) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut check = health_check(target)?;
+                check()?;
+                ready_tx.send(()).ok();
+                let (mut slowest, mut checks) = (Duration::ZERO, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    check().map_err(|err| format!("{target:?} after {checks} checks: {err}"))?;
+                    slowest = slowest.max(started.elapsed());
+                    checks += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok((slowest, checks))
+            })
+        };
+        ready_rx
+            .recv_timeout(START_DEADLINE)
+            .unwrap_or_else(|_| panic!("{target:?} never answered a health check"));
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops probing; returns the slowest answer, or panics if any check failed or none ran.
+    pub fn finish(mut self) -> Duration {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (slowest, checks) = self
+            .thread
+            .take()
+            .expect("finished once")
+            .join()
+            .expect("the probe thread does not panic")
+            .unwrap_or_else(|err| panic!("a health check failed: {err}"));
+        assert!(checks > 0, "no health check ran during the attack");
+        slowest
+    }
+}
+
+/// A reusable health check of `target` over one connection, opened now.
+fn health_check(target: Health) -> Result<Box<dyn FnMut() -> Result<(), String>>, String> {
+    match target {
+        Health::Grpc(addr) => {
+            use tonic_health::pb::HealthCheckRequest;
+            use tonic_health::pb::health_check_response::ServingStatus;
+            use tonic_health::pb::health_client::HealthClient;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| err.to_string())?;
+            let channel = runtime
+                .block_on(
+                    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|err| err.to_string())?
+                        .timeout(Duration::from_secs(2))
+                        .connect(),
+                )
+                .map_err(|err| format!("connect to {addr}: {err}"))?;
+            let mut client = HealthClient::new(channel);
+            Ok(Box::new(move || {
+                let answer = runtime
+                    .block_on(client.check(HealthCheckRequest::default()))
+                    .map_err(|status| status.to_string())?;
+                match answer.into_inner().status() {
+                    ServingStatus::Serving => Ok(()),
+                    other => Err(other.as_str_name().to_string()),
+                }
+            }))
+        }
+        Health::Admin(addr) => {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .pool_max_idle_per_host(1)
+                .build()
+                .map_err(|err| err.to_string())?;
+            let url = format!("http://{addr}/healthz");
+            Ok(Box::new(move || {
+                let response = client.get(&url).send().map_err(|err| err.to_string())?;
+                match response.status().as_u16() {
+                    200 => Ok(()),
+                    status => Err(format!("GET /healthz answered {status}")),
+                }
+            }))
+        }
+    }
+}
+
 /// The SHA-256 of `data` as lowercase hex, computed here independently of the hasher.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

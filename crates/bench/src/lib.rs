@@ -6,7 +6,9 @@
 //! gRPC unary calls under this crate's own load generator ([`grpc_load`], tonic with an HDR
 //! histogram), memory, sizes and SIGTERM times. [`report`] writes the results as JSON and
 //! markdown. The load generator also runs alone (`bench grpc`), which is handy under a profiler.
+//! [`compare`] puts the runs of two builds side by side (`scripts/bench-compare`).
 
+pub mod compare;
 pub mod grpc_load;
 pub mod machine;
 pub mod process;

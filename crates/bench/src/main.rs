@@ -1,13 +1,13 @@
 //! The `bench` binary: `bench run [--quick]` (what `scripts/bench` runs after building); for
 //! profiling by hand, `bench up` (the stack alone, for a while) and `bench grpc` (one gRPC load
-//! on a running rng or hasher).
+//! on a running rng or hasher); `bench compare` (two builds' runs side by side).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bench::grpc_load::{self, Load, Rpc};
-use bench::report;
+use bench::{compare, report};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -23,6 +23,24 @@ enum Command {
     /// Start the stack as `run` does, print pids and addresses, keep it up for a while (to
     /// profile it, or load it by hand).
     Up(UpArgs),
+    /// Print the runs of two builds side by side (see scripts/bench-compare).
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// Names of the two builds, for the table's header.
+    #[arg(long, num_args = 2, default_values = ["before", "after"])]
+    labels: Vec<String>,
+    /// Output directories (each with a results.json) of the first build's runs.
+    #[arg(long, num_args = 1.., required = true)]
+    before: Vec<std::path::PathBuf>,
+    /// Output directories of the second build's runs.
+    #[arg(long, num_args = 1.., required = true)]
+    after: Vec<std::path::PathBuf>,
+    /// The change allowed in the bad direction, as a fraction.
+    #[arg(long, default_value_t = 0.05)]
+    tolerance: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,6 +93,15 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Up(args) => bench::run::up(&args.options, args.worker, args.duration)?,
+        Command::Compare(args) => {
+            let before = compare::load(&args.before)?;
+            let after = compare::load(&args.after)?;
+            let labels = (args.labels[0].as_str(), args.labels[1].as_str());
+            print!(
+                "{}",
+                compare::table(labels, &before, &after, args.tolerance)
+            );
+        }
         Command::Grpc(args) => {
             let load = Load {
                 rpc: args.rpc,

@@ -67,10 +67,20 @@ impl Running {
 
     /// Waits until the log holds a line containing `needle`, and returns that line.
     pub fn wait_for_log(&mut self, needle: &str) -> anyhow::Result<String> {
+        self.wait_for_line(needle, |line| line.contains(needle))
+    }
+
+    /// Waits until the log holds a line that `wanted` accepts (`needle` names it in errors), and
+    /// returns that line.
+    fn wait_for_line(
+        &mut self,
+        needle: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|line| line.contains(needle)) {
+            if let Some(line) = text.lines().find(|line| wanted(line)) {
                 return Ok(line.to_string());
             }
             if let Some(status) = self.child.try_wait()? {
@@ -91,9 +101,12 @@ impl Running {
         }
     }
 
-    /// The address of the first `listening addr=…` line.
+    /// The address of the first `listening addr=…` line of the service port (the admin
+    /// listener's lines carry the span `admin:`).
     pub fn listening_addr(&mut self) -> anyhow::Result<SocketAddr> {
-        let line = self.wait_for_log("listening addr=")?;
+        let line = self.wait_for_line("listening addr=", |line| {
+            line.contains("listening addr=") && !line.contains("admin:")
+        })?;
         line.split("addr=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())

@@ -140,8 +140,10 @@ impl Stack {
         let service =
             |name: &str, env: &[(&str, String)]| -> anyhow::Result<(Running, SocketAddr)> {
                 let listen = format!("{}_LISTEN", name.to_uppercase());
+                let admin = format!("{}_ADMIN_LISTEN", name.to_uppercase());
                 let mut env = env.to_vec();
                 env.push((&listen, "127.0.0.1:0".into()));
+                env.push((&admin, "127.0.0.1:0".into()));
                 let mut running = Running::spawn(name, &binary(options, name), &[], &env, logs)?;
                 let addr = running.listening_addr()?;
                 Ok((running, addr))

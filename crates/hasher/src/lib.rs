@@ -42,7 +42,7 @@ pub struct Config {
     #[arg(long, env = "HASHER_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub delay: Duration,
     /// Requests served at once; the others wait in one queue (0 = unlimited).
-    #[arg(long, env = "HASHER_CONCURRENCY", default_value_t = 0)]
+    #[arg(long, env = "HASHER_CONCURRENCY", default_value_t = 0, value_parser = mesh::config::parse_concurrency)]
     pub concurrency: usize,
     /// Largest body (HTTP) or `data` (gRPC) accepted, in bytes.
     #[arg(long, env = "HASHER_MAX_BODY", default_value_t = 1_048_576)]
@@ -54,13 +54,20 @@ pub struct Config {
     /// Most items in one HashBatch (the worker sends at most 1024).
     #[arg(long, env = "HASHER_MAX_ITEMS", default_value_t = 4096, value_parser = parse_max_items)]
     pub max_items: usize,
-    /// Injected delay added to every request, to make this replica slow (see `POST /admin/fault`).
+    /// Address of the admin listener: `/metrics`, `/healthz`, `/readyz` and the fault switch.
+    /// Never published: nothing on the service port can change the service.
+    #[arg(long, env = "HASHER_ADMIN_LISTEN", default_value = "0.0.0.0:9002")]
+    pub admin_listen: SocketAddr,
+    /// `off` removes the fault switch and refuses the start-up faults below.
+    #[arg(long, env = "FAULT_INJECTION", default_value = "on", value_enum)]
+    pub fault_injection: mesh::fault::Injection,
+    /// Injected delay added to every request, to make this replica slow (see `hasher fault`).
     #[arg(long, env = "HASHER_FAULT_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub fault_delay: Duration,
     /// Injected share of requests that fail with UNAVAILABLE (or 503), from 0 to 1.
     #[arg(long, env = "HASHER_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::fault::parse_rate)]
     pub fault_error_rate: f64,
-    /// `healthcheck` or `forward`, instead of serving.
+    /// `healthcheck`, `fault` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
 }
@@ -72,8 +79,19 @@ impl mesh::binary::ServiceConfig for Config {
         self.listen
     }
 
+    fn admin_listen(&self) -> SocketAddr {
+        self.admin_listen
+    }
+
     fn command(&self) -> Option<&mesh::Command> {
         self.command.as_ref()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.fault_injection.check([
+            ("HASHER_FAULT_DELAY", !self.fault_delay.is_zero()),
+            ("HASHER_FAULT_ERROR_RATE", self.fault_error_rate > 0.0),
+        ])
     }
 }
 
@@ -265,7 +283,7 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
 /// gRPC (with health and reflection) and the HTTP shim, on one router.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
-pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
+pub async fn app(config: &Config, fault: mesh::fault::Fault) -> (mesh::grpc::Health, Router) {
     let hasher = Arc::new(Hasher::new(config));
     // Shared by gRPC and the shim: the bound is on the memory of large bodies, whoever sends them.
     let admission = mesh::admit::Admission::new(LARGE_AT_ONCE, LARGE_BODY);
@@ -283,7 +301,6 @@ pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
         // Outside the body limit: a large body waits for nothing, it is refused or let through.
         .layer(admission)
         .with_state(hasher);
-    let fault = mesh::fault::Fault::at_start(config.fault_delay, config.fault_error_rate);
     let queue = mesh::queue::Queue::new(config.concurrency, config.max_queue);
     mesh::grpc::router(hash, shim, queue, fault).await
 }
@@ -302,8 +319,19 @@ pub async fn run(
         max_items = config.max_items,
         "hasher starting"
     );
-    let (health, app) = app(&config).await;
-    mesh::grpc::serve_until(listener, app, health, shutdown).await
+    let (fault, switch) = config
+        .fault_injection
+        .start(config.fault_delay, config.fault_error_rate);
+    let (health, app) = app(&config, fault).await;
+    let admin = mesh::admin::Admin::new(shutdown.clone()).fault(switch);
+    mesh::grpc::serve_until(
+        listener,
+        app,
+        health,
+        (config.admin_listen, admin),
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

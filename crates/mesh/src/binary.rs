@@ -1,5 +1,5 @@
-//! The `main` every service binary shares: parse the configuration, then run a subcommand, or
-//! bind the listener and serve until SIGTERM/SIGINT.
+//! The `main` every service binary shares: parse and check the configuration, then run a
+//! subcommand, or bind the listener and serve until SIGTERM/SIGINT.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,21 +18,38 @@ pub trait ServiceConfig: clap::Parser {
     /// The address the service listens on (the worker's is its admin port).
     fn listen(&self) -> SocketAddr;
 
+    /// The address of the admin listener (`/metrics`, `/healthz`, the fault switch).
+    fn admin_listen(&self) -> SocketAddr;
+
     /// The subcommand asked for, if any.
     fn command(&self) -> Option<&Command>;
+
+    /// Checks what clap cannot check one setting at a time, as one line naming the variables.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
-/// Runs a service binary: parses `C` (or exits with status 2 and one line), runs its subcommand
-/// if one was given, else binds [`ServiceConfig::listen`] and hands the listener to `serve`.
+/// Runs a service binary: parses and checks `C` (or exits with status 2 and one line), runs its
+/// subcommand if one was given, else binds [`ServiceConfig::listen`] and hands the listener to
+/// `serve`.
 pub fn main<C, F, Fut>(serve: F) -> anyhow::Result<ExitCode>
 where
     C: ServiceConfig,
     F: FnOnce(C, TcpListener, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    runtime::build()?.block_on(async move {
-        let config: C = config::parse();
-        if let Some(code) = command::run(config.command(), config.listen(), C::PROBE).await? {
+    let config: C = config::parse();
+    let runtime = config
+        .validate()
+        .and_then(|()| runtime::build())
+        .unwrap_or_else(|line| config::exit_invalid::<C>(&line));
+    runtime.block_on(async move {
+        let addresses = command::Addresses {
+            listen: config.listen(),
+            admin: config.admin_listen(),
+        };
+        if let Some(code) = command::run(config.command(), addresses, C::PROBE).await? {
             return Ok(code);
         }
         telemetry::init();

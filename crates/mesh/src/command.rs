@@ -1,11 +1,27 @@
 //! Subcommands every service binary has besides serving, so that one static binary per image is
-//! all a container needs.
+//! all a container needs: a probe for HEALTHCHECKs, the fault switch of the lesson, a forwarder.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
 
 /// What a binary does instead of serving, when asked.
-#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+#[derive(clap::Subcommand, Debug, Clone, PartialEq)]
 pub enum Command {
     /// Checks that the server configured like this one is healthy, then exits 0 (healthy) or 1.
     Healthcheck,
+    /// Shows or changes the fault injected into the server configured like this one, through its
+    /// admin port: `rng fault --delay 500ms`, `rng fault --error-rate 0.2`, `rng fault --clear`.
+    Fault {
+        /// Delay added to every request, such as 500ms ("0s" = none).
+        #[arg(long)]
+        delay: Option<String>,
+        /// Share of requests that fail, from 0 to 1.
+        #[arg(long, value_parser = crate::fault::parse_rate)]
+        error_rate: Option<f64>,
+        /// Removes every fault (the same as `--delay 0s --error-rate 0`).
+        #[arg(long, conflicts_with_all = ["delay", "error_rate"])]
+        clear: bool,
+    },
     /// Forwards TCP connections from the listen address to every replica behind a DNS name.
     ///
     /// Publishes a scaled service on one host port (see `crate::forward`).
@@ -19,34 +35,74 @@ pub enum Command {
 /// How `healthcheck` checks a service.
 #[derive(Debug, Clone, Copy)]
 pub enum Probe {
-    /// gRPC health, for the whole server.
+    /// gRPC health on the service port, for the whole server.
     Grpc,
-    /// An HTTP GET of this path that must answer 200.
+    /// An HTTP GET of this path on the admin port that must answer 200.
     Http(&'static str),
 }
 
-/// Runs `command`, if there is one, against the server configured to listen on `listen`; returns
-/// the exit code, or `None` when the binary should serve as usual.
+/// Where the server configured like this process listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    /// The service port.
+    pub listen: SocketAddr,
+    /// The admin port.
+    pub admin: SocketAddr,
+}
+
+/// Runs `command`, if there is one, against the server configured at `addresses`; returns the
+/// exit code, or `None` when the binary should serve as usual.
 pub async fn run(
     command: Option<&Command>,
-    listen: std::net::SocketAddr,
+    addresses: Addresses,
     probe: Probe,
-) -> anyhow::Result<Option<std::process::ExitCode>> {
+) -> anyhow::Result<Option<ExitCode>> {
     match command {
         None => Ok(None),
         Some(Command::Healthcheck) => {
             let outcome = match probe {
-                Probe::Grpc => crate::probe::grpc(listen, "").await,
-                Probe::Http(path) => crate::probe::http(listen, path).await,
+                Probe::Grpc => crate::probe::grpc(addresses.listen, "").await,
+                Probe::Http(path) => crate::probe::http(addresses.admin, path).await,
             };
             Ok(Some(crate::probe::exit(outcome)))
+        }
+        Some(Command::Fault {
+            delay,
+            error_rate,
+            clear,
+        }) => {
+            let change = if *clear {
+                Some(serde_json::json!({"delay": "0s", "error_rate": 0.0}))
+            } else if delay.is_some() || error_rate.is_some() {
+                let mut change = serde_json::Map::new();
+                if let Some(delay) = delay {
+                    change.insert("delay".into(), delay.clone().into());
+                }
+                if let Some(rate) = error_rate {
+                    change.insert("error_rate".into(), (*rate).into());
+                }
+                Some(change.into())
+            } else {
+                None
+            };
+            let outcome = crate::probe::fault(addresses.admin, change).await;
+            Ok(Some(match outcome {
+                Ok(answer) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(reason) => {
+                    eprintln!("{reason}");
+                    ExitCode::FAILURE
+                }
+            }))
         }
         Some(Command::Forward { to }) => {
             crate::telemetry::init();
             let shutdown = crate::shutdown::on_signal();
-            let listener = crate::serve::bind(listen).await?;
+            let listener = crate::serve::bind(addresses.listen).await?;
             crate::forward::run(listener, to.clone(), shutdown).await?;
-            Ok(Some(std::process::ExitCode::SUCCESS))
+            Ok(Some(ExitCode::SUCCESS))
         }
     }
 }

@@ -4,6 +4,8 @@
 //! clap does the parsing; its own error is several lines long and names only the flag, while in a
 //! container the operator set an environment variable. [`parse`] rewrites the error into one line.
 
+use std::time::Duration;
+
 use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
@@ -20,6 +22,77 @@ pub fn parse<C: Parser>() -> C {
             std::process::exit(2);
         }
     }
+}
+
+/// Ends the process as [`parse`] does for a bad value: `line` (which names the variables) on
+/// stderr after the program's name, and exit status 2.
+pub fn exit_invalid<C: Parser>(line: &str) -> ! {
+    eprintln!("{}: {}", C::command().get_name(), redact(line));
+    std::process::exit(2);
+}
+
+/// The longest interval a setting may ask for: longer is a typo, and would overflow a timer.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A clap value parser for intervals and deadlines: a duration such as `5s`, more than zero (a
+/// zero interval would spin, a zero deadline fail every call) and at most a day.
+pub fn parse_interval(raw: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
+    if interval.is_zero() {
+        return Err("must be more than 0s".to_string());
+    }
+    if interval > MAX_INTERVAL {
+        return Err("must be at most 24h".to_string());
+    }
+    Ok(interval)
+}
+
+/// The most requests a queue may serve at once: far beyond what one replica can do, and far below
+/// what its semaphore can count.
+pub const MAX_CONCURRENCY: usize = 1_000_000;
+
+/// A clap value parser for concurrency limits: 0 (unlimited) to [`MAX_CONCURRENCY`].
+pub fn parse_concurrency(raw: &str) -> Result<usize, String> {
+    let limit: usize = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a whole number"))?;
+    if limit > MAX_CONCURRENCY {
+        return Err(format!("must be at most {MAX_CONCURRENCY} (0 = unlimited)"));
+    }
+    Ok(limit)
+}
+
+/// `text` with the password of every URL in it replaced by `***`, for error and log lines:
+/// `redis://:secret@redis:6379` becomes `redis://:***@redis:6379`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let (before, after) = rest.split_at(scheme_end + 3);
+        out.push_str(before);
+        // The authority ends at the first '/', whitespace or quote; its userinfo at the last '@'.
+        let authority_len = after
+            .find(|c: char| c == '/' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_len];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..=colon]);
+                        out.push_str("***");
+                    }
+                    None => out.push_str("***"),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Why [`try_parse_from`] did not return a configuration.
@@ -48,7 +121,7 @@ where
 fn classify(command: &clap::Command, err: clap::Error) -> Exit {
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Exit::Clap(err),
-        _ => Exit::Invalid(one_line(command, &err)),
+        _ => Exit::Invalid(redact(&one_line(command, &err))),
     }
 }
 
@@ -102,24 +175,28 @@ fn describe_arg(command: &clap::Command, rendered_arg: &str) -> String {
 /// status 2 and one line on stderr that names the variable.
 #[doc(hidden)]
 pub fn assert_rejected(binary: &str, variable: &str, value: &str) {
+    assert_rejected_with(binary, &[(variable, value)], variable);
+}
+
+/// Like [`assert_rejected`], for settings that are only wrong together: runs `binary` with `env`
+/// and asserts exit status 2, no panic, and one line on stderr naming `named`; returns that line.
+#[doc(hidden)]
+pub fn assert_rejected_with(binary: &str, env: &[(&str, &str)], named: &str) -> String {
     let output = std::process::Command::new(binary)
-        .env(variable, value)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|err| panic!("cannot run {binary}: {err}"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{variable}={value}: {stderr}"
-    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains(variable), "{stderr} should name {variable}");
+    assert!(!stderr.contains("panicked"), "{env:?}: {stderr}");
+    assert!(stderr.contains(named), "{stderr} should name {named}");
+    stderr
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[derive(Parser, Debug)]
     #[command(name = "demo")]
@@ -167,6 +244,37 @@ mod tests {
         };
         assert!(line.contains("MESH_TEST_DEMO_DELAY"), "{line}");
         assert!(line.contains("expected milliseconds"), "{line}");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact("REDIS_URL: invalid value \"redis://:secret@redis:6379/0\": bad"),
+            "REDIS_URL: invalid value \"redis://:***@redis:6379/0\": bad"
+        );
+        assert_eq!(
+            redact("redis://user:pw@h:1 and http://x:9"),
+            "redis://user:***@h:1 and http://x:9"
+        );
+        assert_eq!(redact("rediss://token@h"), "rediss://***@h");
+        assert_eq!(redact("no url here"), "no url here");
+    }
+
+    #[test]
+    fn intervals_are_positive_and_at_most_a_day() {
+        assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
+        for bad in ["0s", "0ms", "2days", "soon", "-1s"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn concurrency_is_bounded() {
+        assert_eq!(parse_concurrency("0"), Ok(0));
+        assert_eq!(parse_concurrency("1000000"), Ok(1_000_000));
+        for bad in ["1000001", "18446744073709551615", "-1", "many"] {
+            assert!(parse_concurrency(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::Uri;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -96,14 +97,15 @@ struct Replica {
 }
 
 /// Starts discovering the replicas behind `endpoints`; returns the stream of changes for a
-/// balancer. Stops with `shutdown`.
+/// balancer, and a handle on the task that tells whether it still runs (a caller with no
+/// discovery cannot work, and its health should say so). Stops with `shutdown`.
 pub fn spawn(
     Endpoints(endpoints): Endpoints,
     settings: ChannelSettings,
     shutdown: Shutdown,
-) -> mpsc::Receiver<Change<SocketAddr, Channel>> {
+) -> (mpsc::Receiver<Change<SocketAddr, Channel>>, AbortHandle) {
     let (changes, receiver) = mpsc::channel(CHANGES);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         Discovery {
             endpoints,
             settings,
@@ -113,7 +115,7 @@ pub fn spawn(
         .run(shutdown)
         .await;
     });
-    receiver
+    (receiver, task.abort_handle())
 }
 
 struct Discovery {

@@ -1,10 +1,13 @@
 //! Fault injection, for the lesson and the tests: make one replica slow or failing at run time.
 //!
 //! Set at start-up (`RNG_FAULT_DELAY`, `RNG_FAULT_ERROR_RATE`, and the same for hasher) or live on
-//! the service's own port: `GET /admin/fault` shows the setting, `POST /admin/fault` with
-//! `{"delay": "500ms", "error_rate": 0.1}` changes it (either field may be left out). A fault
-//! applies to the service's calls and shim requests, never to health, reflection, metrics or this
-//! endpoint, so probes keep telling the truth about the process.
+//! the admin port (see `crate::admin`), never on the service port: `GET /admin/fault` shows the
+//! setting, `POST /admin/fault` with `Content-Type: application/json` and `{"delay": "500ms",
+//! "error_rate": 0.1}` changes it (either field may be left out). The content type is required so
+//! that a plain HTML form, which a browser sends anywhere without asking, cannot flip the switch.
+//! `FAULT_INJECTION=off` removes the switch and the layer altogether. A fault applies to the
+//! service's calls and shim requests, never to health or reflection, so probes keep telling the
+//! truth about the process.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +17,43 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::{BoxFuture, Either};
 use tower::{Layer, Service};
+
+/// Whether faults can be injected at all (`FAULT_INJECTION`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Injection {
+    /// The admin port's switch and the start-up settings apply.
+    #[default]
+    On,
+    /// No switch, and start-up faults refused: the replica always behaves.
+    Off,
+}
+
+impl Injection {
+    /// The fault a service starts with (`delay`, `error_rate` from its settings, the rate already
+    /// checked by [`parse_rate`]), and the same fault as the admin port's switch, unless injection
+    /// is off.
+    pub fn start(self, delay: Duration, error_rate: f64) -> (Fault, Option<Fault>) {
+        let fault = Fault::at_start(delay, error_rate);
+        let switch = (self == Injection::On).then(|| fault.clone());
+        (fault, switch)
+    }
+
+    /// Refuses start-up faults while injection is off: `settings` are the variables' names and
+    /// whether each is set to something other than "no fault".
+    pub fn check(self, settings: [(&str, bool); 2]) -> Result<(), String> {
+        match settings.iter().find(|(_, set)| *set) {
+            Some((name, _)) if self == Injection::Off => {
+                Err(format!("{name} is set but FAULT_INJECTION=off"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 /// The fault in force.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -136,7 +171,18 @@ async fn show(State(fault): State<Fault>) -> Json<Shown> {
     shown(fault.get())
 }
 
-async fn change(State(fault): State<Fault>, body: axum::body::Bytes) -> Response {
+async fn change(
+    State(fault): State<Fault>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !crate::admin::is_json(&headers) {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json\n",
+        )
+            .into_response();
+    }
     let change: Change = match serde_json::from_slice(&body) {
         Ok(change) => change,
         Err(err) => {
@@ -229,6 +275,69 @@ fn injected_failure(request: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn post(fault: &Fault, content_type: &str, body: &str) -> (StatusCode, String) {
+        let request = http::Request::post("/admin/fault")
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = fault.routes::<()>().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_json_post_changes_the_setting() {
+        let fault = Fault::default();
+        let (status, body) = post(&fault, "application/json", r#"{"delay": "500ms"}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(fault.get().delay, Duration::from_millis(500));
+        assert!(fault.active().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_form_or_text_post_is_415_and_changes_nothing() {
+        let fault = Fault::default();
+        for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+            let (status, body) = post(&fault, content_type, r#"{"delay": "1s"}"#).await;
+            assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+            assert_eq!(body, "expected Content-Type: application/json\n");
+        }
+        assert_eq!(fault.get(), Setting::default());
+    }
+
+    #[tokio::test]
+    async fn bad_json_is_400_with_a_one_line_reason() {
+        let fault = Fault::default();
+        for bad in [
+            r#"{"delay": "#,
+            r#"{"delay": "soon"}"#,
+            r#"{"error_rate": 2}"#,
+            r#"{"x": 1}"#,
+        ] {
+            let (status, body) = post(&fault, "application/json", bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(body.trim_end().lines().count(), 1, "{body}");
+        }
+        assert_eq!(fault.get(), Setting::default());
+    }
+
+    #[test]
+    fn faults_set_at_start_are_refused_when_injection_is_off() {
+        let settings = [("RNG_FAULT_DELAY", true), ("RNG_FAULT_ERROR_RATE", false)];
+        assert_eq!(
+            Injection::Off.check(settings),
+            Err("RNG_FAULT_DELAY is set but FAULT_INJECTION=off".to_string())
+        );
+        assert_eq!(Injection::On.check(settings), Ok(()));
+        assert_eq!(Injection::Off.check([("A", false), ("B", false)]), Ok(()));
+        assert!(Injection::Off.start(Duration::ZERO, 0.0).1.is_none());
+    }
 
     #[test]
     fn error_rates_are_between_0_and_1() {

@@ -100,8 +100,8 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
 }
 
 /// One port's whole router: `service` (a tonic server) and the HTTP `shim` behind one request
-/// `queue` and the injected `fault`, health, reflection, metrics and
-/// the fault switch outside them, and [`fallback`] for every other path.
+/// `queue` and the injected `fault`, health and reflection outside them, and [`fallback`] for every
+/// other path.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
 pub async fn router<S>(
@@ -130,10 +130,8 @@ where
         // Injected faults delay or fail a request before it queues (see `crate::fault`).
         .route_layer(fault.clone())
         .route_layer(crate::metrics::RecordLayer)
-        // Outside the queue, the faults and the counts: scraping and the fault switch must
-        // answer whatever the workers do.
-        .merge(crate::metrics::routes())
-        .merge(fault.routes())
+        // `/metrics` and the fault switch are on the admin port (`crate::admin`): nothing a
+        // client sends here changes the service.
         .fallback(fallback)
         // A debug span per request, with the caller's trace id (see `crate::trace`).
         .layer(
@@ -177,14 +175,16 @@ pub async fn fallback(request: axum::extract::Request) -> axum::response::Respon
         .into_response()
 }
 
-/// Serves a gRPC server's `app` until `shutdown`: on the signal, reports NOT_SERVING first, then
-/// drains (see [`crate::serve`]).
+/// Serves a gRPC server's `app` on `listener`, and `admin` on `admin_listen`, until `shutdown`:
+/// on the signal, reports NOT_SERVING first, then drains (see [`crate::serve`]).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     health: Health,
+    (admin_listen, admin): (std::net::SocketAddr, crate::admin::Admin),
     shutdown: crate::Shutdown,
 ) -> anyhow::Result<()> {
+    let admin_listener = crate::serve::bind(admin_listen).await?;
     let reporter = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -193,7 +193,10 @@ pub async fn serve_until(
             tracing::info!("reported NOT_SERVING, draining");
         })
     };
-    crate::serve(listener, app, shutdown).await?;
+    tokio::try_join!(
+        crate::serve(listener, app, shutdown.clone()),
+        crate::admin::serve(admin_listener, admin.router(), shutdown),
+    )?;
     reporter.abort();
     Ok(())
 }

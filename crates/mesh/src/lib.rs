@@ -1,9 +1,11 @@
 //! What every DockerCoins service shares, so that rng, hasher, worker and webui stay small and
-//! behave alike: one listener for gRPC and HTTP, gRPC health and reflection, the request queue,
-//! configuration errors that name the variable, tracing set-up, and shutdown on SIGTERM/SIGINT.
+//! behave alike: one listener for gRPC and HTTP, an admin listener beside it, gRPC health and
+//! reflection, the request queue, configuration errors that name the variable, tracing set-up, and
+//! shutdown on SIGTERM/SIGINT.
 //!
 //! `mesh` knows no service: services depend on it, never the other way round.
 
+pub mod admin;
 pub mod admit;
 pub mod balance;
 pub mod binary;

@@ -112,11 +112,18 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let grpc = crate::grpc::is_grpc(request.headers());
-        // The matched route, not the raw path, for HTTP: `/{n}` must not make one series per
-        // size. gRPC routes match a whole service; the method is the path.
+        // Labels come from route templates and from the methods a gRPC service answers, never
+        // from what a client typed: `/{n}` must not make one series per size, and a gRPC content
+        // type on an HTTP route (`POST /123`) is still that HTTP route's series. A gRPC service's
+        // route matches the whole service (`/pkg.Service/{*rest}`); the method is the path, kept
+        // only if the service knows it (see `record`).
         let route = match request.extensions().get::<MatchedPath>() {
-            Some(_) if grpc => Route::Grpc(request.uri().path().into()),
+            Some(matched)
+                if matched.as_str().ends_with(GRPC_SERVICE_ROUTE)
+                    && crate::grpc::is_grpc(request.headers()) =>
+            {
+                Route::Grpc(request.uri().path().into())
+            }
             Some(matched) => Route::Http(matched.clone()),
             None => Route::Unmatched,
         };
@@ -127,6 +134,9 @@ where
         }
     }
 }
+
+/// How tonic's router names a gRPC service's route: `/{service}/{*rest}`.
+const GRPC_SERVICE_ROUTE: &str = "/{*rest}";
 
 /// What a request's series is named after, until its answer says its outcome.
 enum Route {
@@ -240,7 +250,8 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in gRPC service: answers trailers-only with the status its method name asks for.
+    /// A stand-in gRPC service (routed as tonic routes one, `/{service}/{*rest}`) beside an HTTP
+    /// route with a parameter: answers trailers-only with the status its method name asks for.
     fn grpc_router() -> axum::Router {
         let answer = |request: axum::extract::Request| async move {
             let code = if request.uri().path().ends_with("/Known") {
@@ -255,7 +266,8 @@ mod tests {
                 .unwrap()
         };
         axum::Router::new()
-            .route("/test.v1.Metrics/{*method}", post(answer))
+            .route("/test.v1.Metrics/{*rest}", post(answer))
+            .route("/{n}", axum::routing::get(|| async { "bytes" }))
             .route_layer(RecordLayer)
     }
 
@@ -281,5 +293,30 @@ mod tests {
         assert_eq!(count("/test.v1.Metrics/Known", "0"), Some(2), "{text}");
         assert_eq!(count("unmatched", UNIMPLEMENTED), Some(2), "{text}");
         assert!(!text.contains("Bogus"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_content_type_on_an_http_route_makes_no_new_series() {
+        let handle = install();
+        let series = |text: &str| {
+            text.lines()
+                .filter(|line| line.starts_with("dockercoins_requests_total"))
+                .count()
+        };
+        let send = |path: String| {
+            let request = Request::post(path)
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .body(Body::empty())
+                .unwrap();
+            grpc_router().oneshot(request)
+        };
+        send("/0".to_string()).await.unwrap();
+        let before = series(&handle.render());
+        for n in 1..200 {
+            send(format!("/{n}")).await.unwrap();
+        }
+        let text = handle.render();
+        assert_eq!(series(&text), before, "{text}");
+        assert!(!text.contains("route=\"/17\""), "{text}");
     }
 }

@@ -53,31 +53,74 @@ pub async fn grpc(listen: SocketAddr, service: &str) -> Result<(), String> {
 
 /// GETs `path` at `listen` and expects 200.
 pub async fn http(listen: SocketAddr, path: &str) -> Result<(), String> {
+    let (status, body) = within_deadline(request(listen, http::Method::GET, path, None)).await?;
+    match status {
+        http::StatusCode::OK => Ok(()),
+        status => Err(format!("GET {path} answered {status}: {}", body.trim_end())),
+    }
+}
+
+/// Shows (`change` = `None`) or changes the fault switch on the admin port at `admin`, and returns
+/// its answer: the setting in force.
+pub async fn fault(admin: SocketAddr, change: Option<serde_json::Value>) -> Result<String, String> {
+    let method = match change {
+        Some(_) => http::Method::POST,
+        None => http::Method::GET,
+    };
+    let (status, body) = within_deadline(request(admin, method, "/admin/fault", change)).await?;
+    match status {
+        http::StatusCode::OK => Ok(body.trim_end().to_string()),
+        status => Err(format!(
+            "/admin/fault answered {status}: {}",
+            body.trim_end()
+        )),
+    }
+}
+
+/// One HTTP/1 request to the server at `listen` (reached on loopback when it listens on a
+/// wildcard address), with `json` as its body if given; returns the status and the body.
+async fn request(
+    listen: SocketAddr,
+    method: http::Method,
+    path: &str,
+    json: Option<serde_json::Value>,
+) -> Result<(http::StatusCode, String), String> {
+    use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
     let addr = local_addr(listen);
-    let check = async {
-        let client: Client<_, http_body_util::Empty<bytes::Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let uri: http::Uri = format!("http://{addr}{path}")
-            .parse()
-            .map_err(|err| format!("bad address {addr}: {err}"))?;
-        let response = client
-            .get(uri)
-            .await
-            .map_err(|err| format!("cannot GET {path} on {addr}: {err}"))?;
-        match response.status() {
-            http::StatusCode::OK => Ok(()),
-            status => Err(format!("GET {path} answered {status}")),
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder()
+        .method(method.clone())
+        .uri(format!("http://{addr}{path}"));
+    let body = match json {
+        Some(json) => {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+            Full::from(json.to_string())
         }
+        None => Full::default(),
     };
-    within_deadline(check).await
+    let request = request
+        .body(body)
+        .map_err(|err| format!("bad address {addr}: {err}"))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|err| format!("cannot {method} {path} on {addr}: {err}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| format!("{method} {path} on {addr}: {err}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-async fn within_deadline(
-    check: impl std::future::Future<Output = Result<(), String>>,
-) -> Result<(), String> {
+async fn within_deadline<T>(
+    check: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
     tokio::time::timeout(PROBE_DEADLINE, check)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {PROBE_DEADLINE:?}")))

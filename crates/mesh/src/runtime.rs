@@ -16,13 +16,57 @@ use tokio::runtime::{Builder, Runtime};
 /// Tokio's variable for the number of worker threads.
 pub const THREADS_VARIABLE: &str = "TOKIO_WORKER_THREADS";
 
+/// The most worker threads a replica may ask for (Tokio itself panics on 0 or on a value that is
+/// not a number, and a huge one would exhaust the process's threads).
+pub const MAX_THREADS: usize = 1024;
+
 /// The runtime for this process: current-thread, or multi-thread when [`THREADS_VARIABLE`] is
-/// set (Tokio reads its value, and rejects one that is not a positive number).
-pub fn build() -> std::io::Result<Runtime> {
-    let mut builder = if std::env::var_os(THREADS_VARIABLE).is_some() {
-        Builder::new_multi_thread()
-    } else {
-        Builder::new_current_thread()
+/// set. A value that is not a number from 1 to [`MAX_THREADS`] is refused with one line naming
+/// the variable, before anything starts.
+pub fn build() -> Result<Runtime, String> {
+    let mut builder = match threads(std::env::var(THREADS_VARIABLE).ok().as_deref())? {
+        Some(threads) => {
+            let mut builder = Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => Builder::new_current_thread(),
     };
-    builder.enable_all().build()
+    builder
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the Tokio runtime: {err}"))
+}
+
+/// The number of worker threads `raw` asks for, if any.
+fn threads(raw: Option<&str>) -> Result<Option<usize>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.trim().parse::<usize>() {
+        Ok(threads) if (1..=MAX_THREADS).contains(&threads) => Ok(Some(threads)),
+        _ => Err(format!(
+            "{THREADS_VARIABLE}: invalid value {raw:?}: expected a number of threads from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_means_one_thread_and_a_count_means_that_many() {
+        assert_eq!(threads(None), Ok(None));
+        assert_eq!(threads(Some("4")), Ok(Some(4)));
+    }
+
+    #[test]
+    fn bad_counts_are_refused_naming_the_variable() {
+        for bad in ["0", "-1", "many", "", "1025", "99999999999999999999"] {
+            let err = threads(Some(bad)).unwrap_err();
+            assert!(
+                err.starts_with("TOKIO_WORKER_THREADS: invalid value"),
+                "{err}"
+            );
+        }
+    }
 }

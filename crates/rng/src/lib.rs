@@ -36,7 +36,7 @@ pub struct Config {
     #[arg(long, env = "RNG_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub delay: Duration,
     /// Requests served at once; the others wait in one queue (0 = unlimited).
-    #[arg(long, env = "RNG_CONCURRENCY", default_value_t = 1)]
+    #[arg(long, env = "RNG_CONCURRENCY", default_value_t = 1, value_parser = mesh::config::parse_concurrency)]
     pub concurrency: usize,
     /// Requests that may wait in the queue; past it a call is refused at once
     /// (RESOURCE_EXHAUSTED, or 503 with Retry-After). 0: none wait.
@@ -45,13 +45,20 @@ pub struct Config {
     /// Largest number of bytes one request may ask for.
     #[arg(long, env = "RNG_MAX_SIZE", default_value_t = 1_048_576)]
     pub max_size: u32,
-    /// Injected delay added to every request, to make this replica slow (see `POST /admin/fault`).
+    /// Address of the admin listener: `/metrics`, `/healthz`, `/readyz` and the fault switch.
+    /// Never published: nothing on the service port can change the service.
+    #[arg(long, env = "RNG_ADMIN_LISTEN", default_value = "0.0.0.0:9001")]
+    pub admin_listen: SocketAddr,
+    /// `off` removes the fault switch and refuses the start-up faults below.
+    #[arg(long, env = "FAULT_INJECTION", default_value = "on", value_enum)]
+    pub fault_injection: mesh::fault::Injection,
+    /// Injected delay added to every request, to make this replica slow (see `rng fault`).
     #[arg(long, env = "RNG_FAULT_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub fault_delay: Duration,
     /// Injected share of requests that fail with UNAVAILABLE (or 503), from 0 to 1.
     #[arg(long, env = "RNG_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::fault::parse_rate)]
     pub fault_error_rate: f64,
-    /// `healthcheck` or `forward`, instead of serving.
+    /// `healthcheck`, `fault` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
 }
@@ -63,8 +70,19 @@ impl mesh::binary::ServiceConfig for Config {
         self.listen
     }
 
+    fn admin_listen(&self) -> SocketAddr {
+        self.admin_listen
+    }
+
     fn command(&self) -> Option<&mesh::Command> {
         self.command.as_ref()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.fault_injection.check([
+            ("RNG_FAULT_DELAY", !self.fault_delay.is_zero()),
+            ("RNG_FAULT_ERROR_RATE", self.fault_error_rate > 0.0),
+        ])
     }
 }
 
@@ -183,7 +201,7 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
 /// gRPC (with health and reflection) and the HTTP shim, on one router.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
-pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
+pub async fn app(config: &Config, fault: mesh::fault::Fault) -> (mesh::grpc::Health, Router) {
     let rng = Arc::new(Rng::new(config));
     // Requests are a few bytes; anything large is not a GenerateRequest.
     // Answers are at most RNG_MAX_SIZE bytes of data.
@@ -196,7 +214,6 @@ pub async fn app(config: &Config) -> (mesh::grpc::Health, Router) {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rng);
     // One queue for Generate and the shim alike, as in the single-threaded original.
-    let fault = mesh::fault::Fault::at_start(config.fault_delay, config.fault_error_rate);
     let queue = mesh::queue::Queue::new(config.concurrency, config.max_queue);
     mesh::grpc::router(generate, shim, queue, fault).await
 }
@@ -214,8 +231,19 @@ pub async fn run(
         max_size = config.max_size,
         "rng starting"
     );
-    let (health, app) = app(&config).await;
-    mesh::grpc::serve_until(listener, app, health, shutdown).await
+    let (fault, switch) = config
+        .fault_injection
+        .start(config.fault_delay, config.fault_error_rate);
+    let (health, app) = app(&config, fault).await;
+    let admin = mesh::admin::Admin::new(shutdown.clone()).fault(switch);
+    mesh::grpc::serve_until(
+        listener,
+        app,
+        health,
+        (config.admin_listen, admin),
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub struct Config {
     /// Redis holding the `hashes` counter and the `wallet`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = mesh::redis::parse_url)]
     pub redis_url: String,
+    /// Address of the admin listener: `/metrics`, `/healthz` and `/readyz`. Never published.
+    #[arg(long, env = "WEBUI_ADMIN_LISTEN", default_value = "0.0.0.0:9003")]
+    pub admin_listen: SocketAddr,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
     pub command: Option<mesh::Command>,
@@ -58,6 +61,10 @@ impl mesh::binary::ServiceConfig for Config {
 
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    fn admin_listen(&self) -> SocketAddr {
+        self.admin_listen
     }
 
     fn command(&self) -> Option<&mesh::Command> {
@@ -91,11 +98,6 @@ async fn json(State(state): State<AppState>) -> Result<Json<Report>, Unavailable
     board.report(Instant::now()).map(Json)
 }
 
-/// Liveness only: the webui is up even when Redis is not, and restarting it would not help.
-async fn healthz() -> &'static str {
-    "ok"
-}
-
 async fn not_found(uri: Uri) -> (StatusCode, String) {
     (
         StatusCode::NOT_FOUND,
@@ -110,7 +112,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> (StatusCode, String) {
     )
 }
 
-/// The dashboard, `/json` and `/healthz`, on one router.
+/// The dashboard and `/json`, on one router (`/metrics` and `/healthz` are on the admin port; the
+/// webui is alive even when Redis is not, and restarting it would not help).
 pub fn app(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
         // Outermost, so that it sees every answer, fallbacks included. At debug level: one line
@@ -129,9 +132,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(assets::routes())
         .route("/json", get(json))
-        .route("/healthz", get(healthz))
         .route_layer(mesh::metrics::RecordLayer)
-        .merge(mesh::metrics::routes())
         // After the routes: it applies to those already added.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -154,10 +155,16 @@ pub async fn run(
         state.board.clone(),
         sampling.clone(),
     ));
-    let served = mesh::serve(listener, app(state), shutdown).await;
+    let admin_listener = mesh::serve::bind(config.admin_listen).await?;
+    let admin = mesh::admin::Admin::new(shutdown.clone()).router();
+    let served = tokio::try_join!(
+        mesh::serve(listener, app(state), shutdown.clone()),
+        mesh::admin::serve(admin_listener, admin, shutdown),
+    );
     sampling.cancel();
     sampler.await?;
-    Ok(served?)
+    served?;
+    Ok(())
 }
 
 /// `host:port` of a Redis URL, for the log: the URL itself may hold a password.
@@ -258,10 +265,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn healthz_answers_ok_without_redis() {
-        let (status, _, body) = call(Method::GET, "/healthz").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, "ok");
+    async fn nothing_of_the_admin_port_is_on_the_service_port() {
+        for path in ["/healthz", "/metrics", "/admin/fault"] {
+            let (status, _, _) = call(Method::GET, path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        }
     }
 
     #[tokio::test]
@@ -273,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_methods_are_405_with_a_one_line_reason() {
-        for path in ["/json", "/", "/healthz"] {
+        for path in ["/json", "/"] {
             let (status, _, body) = call(Method::POST, path).await;
             assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
             assert_eq!(body, format!("method not allowed: POST {path} (use GET)\n"));
@@ -306,6 +314,8 @@ mod tests {
         let config: Config = mesh::config::try_parse_from([
             "webui",
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--redis-url",
             "redis://127.0.0.1:1",

@@ -5,7 +5,6 @@
 //! does about 3.33 units a second, as in the workshop. `WORKER_CONCURRENCY` runs several units at
 //! once in one process, like several worker containers would.
 
-pub mod admin;
 pub mod flush;
 pub mod mine;
 pub mod retry;
@@ -18,6 +17,7 @@ use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
 use mesh::balance::{self, Balanced, Policy};
 use mesh::discovery::{self, ChannelSettings, Endpoints, parse_endpoints};
+use tokio::task::AbortHandle;
 use tracing::info;
 
 use crate::flush::Flusher;
@@ -40,10 +40,10 @@ pub struct Config {
     #[arg(long, env = "HASHER_ENDPOINT", default_value = "http://127.0.0.1:8002", value_parser = parse_endpoints)]
     pub hasher_endpoint: Endpoints,
     /// How often rng's name is resolved again to find replicas that came or went.
-    #[arg(long, env = "RNG_RESOLVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RNG_RESOLVE_INTERVAL", default_value = "5s", value_parser = mesh::config::parse_interval)]
     pub rng_resolve_interval: Duration,
     /// How often hasher's name is resolved again.
-    #[arg(long, env = "HASHER_RESOLVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HASHER_RESOLVE_INTERVAL", default_value = "5s", value_parser = mesh::config::parse_interval)]
     pub hasher_resolve_interval: Duration,
     /// How calls are spread over the replicas: p2c (least loaded of two), pick_first (the
     /// pinning problem), round_robin.
@@ -63,11 +63,11 @@ pub struct Config {
     /// 32 bytes still one unit (turbo mode: far fewer calls per unit).
     #[arg(long, env = "WORKER_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH as i64))]
     pub batch: u32,
-    /// Address of the admin listener (`/healthz`).
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9000")]
     pub admin_listen: SocketAddr,
     /// Deadline of each call to rng or hasher (rng's queue alone can hold ten workers ~1 s).
-    #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = mesh::config::parse_interval)]
     pub rpc_timeout: Duration,
     /// `healthcheck` or `forward`, instead of serving.
     #[command(subcommand)]
@@ -78,6 +78,10 @@ impl mesh::binary::ServiceConfig for Config {
     const PROBE: mesh::command::Probe = mesh::command::Probe::Http("/healthz");
 
     fn listen(&self) -> SocketAddr {
+        self.admin_listen
+    }
+
+    fn admin_listen(&self) -> SocketAddr {
         self.admin_listen
     }
 
@@ -103,19 +107,37 @@ const MAX_REQUEST: usize = ((mine::RANDOM_BYTES + 3) * MAX_BATCH) as usize + 64;
 /// Deadline to open a connection to one replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A channel that spreads calls over every serving replica behind `endpoints`.
+/// A channel that spreads calls over every serving replica behind `endpoints`, and the
+/// discovery task that feeds it.
 fn balanced(
     config: &Config,
     endpoints: &Endpoints,
     resolve_interval: Duration,
     shutdown: &mesh::Shutdown,
-) -> Balanced {
+) -> (Balanced, AbortHandle) {
     let settings = ChannelSettings {
         connect_timeout: CONNECT_TIMEOUT,
         resolve_interval,
     };
-    let changes = discovery::spawn(endpoints.clone(), settings, shutdown.clone());
-    balance::channel(config.lb, changes, config.rpc_timeout)
+    let (changes, discovery) = discovery::spawn(endpoints.clone(), settings, shutdown.clone());
+    (
+        balance::channel(config.lb, changes, config.rpc_timeout),
+        discovery,
+    )
+}
+
+/// The worker's liveness: it cannot work once the discovery of rng or hasher has stopped (it only
+/// stops on shutdown, so anything else is a bug that a restart fixes).
+fn liveness(
+    discoveries: [(&'static str, AbortHandle); 2],
+    shutdown: mesh::Shutdown,
+) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    move || match discoveries.iter().find(|(_, task)| task.is_finished()) {
+        Some((service, _)) if !shutdown.is_cancelled() => {
+            Err(format!("the discovery of {service} replicas has stopped"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Mines until `shutdown`, then flushes the count that is left, all within a second.
@@ -138,28 +160,36 @@ pub async fn run(
     );
     mesh::metrics::install();
     let pool = mesh::redis::pool(&config.redis_url, 2)?;
+    let (rng, rng_discovery) = balanced(
+        &config,
+        &config.rng_endpoint,
+        config.rng_resolve_interval,
+        &shutdown,
+    );
+    let (hasher, hasher_discovery) = balanced(
+        &config,
+        &config.hasher_endpoint,
+        config.hasher_resolve_interval,
+        &shutdown,
+    );
     let backends = Backends {
         // Limits in both directions: a confused or hostile replica cannot make the worker buffer
         // more than one batch's answer (tonic's default decoding limit is 4 MiB).
-        rng: RngServiceClient::new(balanced(
-            &config,
-            &config.rng_endpoint,
-            config.rng_resolve_interval,
-            &shutdown,
-        ))
-        .max_decoding_message_size(RNG_MAX_ANSWER)
-        .max_encoding_message_size(MAX_REQUEST),
+        rng: RngServiceClient::new(rng)
+            .max_decoding_message_size(RNG_MAX_ANSWER)
+            .max_encoding_message_size(MAX_REQUEST),
         retries: retry::budget(),
         batch: config.batch,
-        hasher: HasherServiceClient::new(balanced(
-            &config,
-            &config.hasher_endpoint,
-            config.hasher_resolve_interval,
-            &shutdown,
-        ))
-        .max_decoding_message_size(HASHER_MAX_ANSWER)
-        .max_encoding_message_size(MAX_REQUEST),
+        hasher: HasherServiceClient::new(hasher)
+            .max_decoding_message_size(HASHER_MAX_ANSWER)
+            .max_encoding_message_size(MAX_REQUEST),
     };
+    let admin_app = mesh::admin::Admin::new(shutdown.clone())
+        .liveness(liveness(
+            [("rng", rng_discovery), ("hasher", hasher_discovery)],
+            shutdown.clone(),
+        ))
+        .router();
     let tally = std::sync::Arc::new(Tally::default());
 
     let mut miners = tokio::task::JoinSet::new();
@@ -169,7 +199,7 @@ pub async fn run(
             async move { mine::mine_forever(backends, config.delay, &tally, shutdown).await },
         );
     }
-    let admin = tokio::spawn(mesh::serve(admin, admin::app(), shutdown.clone()));
+    let admin = tokio::spawn(mesh::serve(admin, admin_app, shutdown.clone()));
     let mut flusher = Flusher::new(pool, &worker_id);
     flusher.run_until(&tally, &shutdown).await;
     // Miners return as soon as shutdown starts; once they are gone the tally no longer moves, and
@@ -185,12 +215,31 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    use dockercoins::hasher::v1::{HashBatchRequest, HashBatchResponse};
-    use dockercoins::rng::v1::GenerateResponse;
-    use prost::Message;
+    #[tokio::test]
+    async fn the_worker_is_dead_once_a_discovery_stops_but_not_while_shutting_down() {
+        let forever = || tokio::spawn(std::future::pending::<()>()).abort_handle();
+        let rng = forever();
+        let hasher = forever();
+        let shutdown = mesh::Shutdown::new();
+        let alive = liveness([("rng", rng.clone()), ("hasher", hasher)], shutdown.clone());
+        assert_eq!(alive(), Ok(()));
+
+        rng.abort();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            alive(),
+            Err("the discovery of rng replicas has stopped".to_string())
+        );
+        shutdown.cancel();
+        assert_eq!(alive(), Ok(()), "discovery stops on shutdown, as it should");
+    }
 
     #[test]
     fn the_largest_batch_fits_the_clients_message_limits() {
+        use dockercoins::hasher::v1::{HashBatchRequest, HashBatchResponse};
+        use dockercoins::rng::v1::GenerateResponse;
+        use prost::Message;
+
         let units = MAX_BATCH as usize;
         let random = GenerateResponse {
             data: vec![0xff; mine::RANDOM_BYTES as usize * units],
@@ -200,14 +249,10 @@ mod tests {
             data: vec![vec![0xff; mine::RANDOM_BYTES as usize]; units],
         };
         assert!(batch.encoded_len() <= MAX_REQUEST);
+        // A digest as hasher writes it: 64 hexadecimal characters.
         let digests = HashBatchResponse {
-            digests: vec![a_digest(); units],
+            digests: vec!["0".repeat(64); units],
         };
         assert!(digests.encoded_len() <= HASHER_MAX_ANSWER);
-    }
-
-    /// A digest as hasher writes it: 64 hexadecimal characters.
-    fn a_digest() -> String {
-        "0".repeat(64)
     }
 }
