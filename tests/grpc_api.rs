@@ -120,7 +120,14 @@ fn hash_returns_the_sha256_of_known_inputs() {
 fn hash_batch_returns_each_items_digest_in_order_and_enforces_the_cap() {
     let hasher = Service::start(
         "hasher",
-        &[fast(), vec![("HASHER_MAX_BODY", "90".to_string())]].concat(),
+        &[
+            fast(),
+            vec![
+                ("HASHER_MAX_BODY", "200".to_string()),
+                ("HASHER_MAX_ITEMS", "3".to_string()),
+            ],
+        ]
+        .concat(),
     );
     let items = [&b"abc"[..], b"", &[7u8; 32]];
     let encoded: Vec<String> = items
@@ -140,13 +147,20 @@ fn hash_batch_returns_each_items_digest_in_order_and_enforces_the_cap() {
     let expected: Vec<String> = items.iter().map(|item| sha256_hex(item)).collect();
     assert_eq!(answer["digests"], serde_json::json!(expected));
 
-    // 3 x 32 bytes add up to more than the cap of 90, though each item is under it (and the
-    // message, 102 bytes, is within what the server decodes: cap + 16).
-    let item = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+    // 3 x 40 bytes and 32 per item add up to more than the cap of 200, though each item is
+    // under it (and the message, 126 bytes, is within what the server decodes: cap + 16).
+    let item = base64::engine::general_purpose::STANDARD.encode([1u8; 40]);
     let body = format!(r#"{{"data":["{item}","{item}","{item}"]}}"#);
     let report = failing_call(&hasher, &body, &format!("{HASHER}/HashBatch"));
     assert!(report.contains("ResourceExhausted"), "{report}");
+    assert!(report.contains("216 bytes"), "{report}");
     assert!(report.contains("HASHER_MAX_BODY"), "{report}");
+
+    // Four empty items: almost no bytes, but over the cap of 3 items.
+    let body = r#"{"data":["","","",""]}"#;
+    let report = failing_call(&hasher, body, &format!("{HASHER}/HashBatch"));
+    assert!(report.contains("ResourceExhausted"), "{report}");
+    assert!(report.contains("HASHER_MAX_ITEMS"), "{report}");
 }
 
 /// Runs a call expected to fail and returns grpcurl's report (code and message).

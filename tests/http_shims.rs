@@ -146,3 +146,23 @@ fn hasher_answers_the_digest_of_the_posted_body_and_refuses_large_bodies() {
     let response = client.post(hasher.url()).body("abc").send().unwrap();
     assert_eq!(response.text().unwrap(), sha256_hex(b"abc"));
 }
+
+#[test]
+fn hasher_hashes_large_and_chunked_bodies_through_its_large_body_turns() {
+    let hasher = Service::start("hasher", &fast());
+    let client = http();
+    // Over 64 KiB: read on a large-body turn, and hashed on a thread of its own.
+    let large = vec![9u8; 512 * 1024];
+    let response = client
+        .post(hasher.url())
+        .body(large.clone())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().unwrap(), sha256_hex(&large));
+    // No Content-Length: a body of unknown length takes a large-body turn too.
+    let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(b"abc".to_vec()));
+    let response = client.post(hasher.url()).body(chunked).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().unwrap(), sha256_hex(b"abc"));
+}

@@ -8,6 +8,8 @@ fn bad_settings_exit_2_naming_the_variable() {
     mesh::config::assert_rejected(hasher, "LISTEN_MAX_CONNECTIONS", "0");
     mesh::config::assert_rejected(hasher, "HASHER_MAX_BODY", "big");
     mesh::config::assert_rejected(hasher, "HASHER_LISTEN", "0.0.0.0");
+    mesh::config::assert_rejected(hasher, "HASHER_MAX_QUEUE", "100001");
+    mesh::config::assert_rejected(hasher, "HASHER_MAX_ITEMS", "0");
     mesh::config::assert_rejected(hasher, "HASHER_CONCURRENCY", "99999999999");
     mesh::config::assert_rejected(hasher, "HASHER_ADMIN_LISTEN", "0.0.0.0");
 }

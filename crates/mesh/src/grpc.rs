@@ -17,6 +17,15 @@ const PROBE_SERVICES: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// Largest health request or answer: a service name and a status. A limit far below tonic's 4 MiB
+/// default matters because health stays outside every queue and admission layer: tonic refuses a
+/// larger message from its length prefix (OUT_OF_RANGE), before reading it into memory.
+const HEALTH_MAX_MESSAGE: usize = 4 * 1024;
+/// Largest reflection request (a symbol or file name).
+const REFLECTION_MAX_REQUEST: usize = 64 * 1024;
+/// Largest reflection answer: the DockerCoins, health and reflection descriptors.
+const REFLECTION_MAX_ANSWER: usize = 1024 * 1024;
+
 /// Reports the serving status of one server's gRPC services.
 #[derive(Clone)]
 pub struct Health {
@@ -47,6 +56,9 @@ impl Health {
 /// stay outside any request queue: a probe must answer even when the queue is full.
 pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes) {
     let (reporter, health_server) = tonic_health::server::health_reporter();
+    let health_server = health_server
+        .max_decoding_message_size(HEALTH_MAX_MESSAGE)
+        .max_encoding_message_size(HEALTH_MAX_MESSAGE);
     let health = Health {
         reporter,
         services: services.to_vec(),
@@ -72,10 +84,14 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
     };
     let v1 = reflection()
         .build_v1()
-        .expect("the compiled descriptor sets are valid");
+        .expect("the compiled descriptor sets are valid")
+        .max_decoding_message_size(REFLECTION_MAX_REQUEST)
+        .max_encoding_message_size(REFLECTION_MAX_ANSWER);
     let v1alpha = reflection()
         .build_v1alpha()
-        .expect("the compiled descriptor sets are valid");
+        .expect("the compiled descriptor sets are valid")
+        .max_decoding_message_size(REFLECTION_MAX_REQUEST)
+        .max_encoding_message_size(REFLECTION_MAX_ANSWER);
 
     let routes = Routes::new(health_server)
         .add_service(v1)
@@ -84,14 +100,14 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
 }
 
 /// One port's whole router: `service` (a tonic server) and the HTTP `shim` behind one request
-/// queue of `concurrency` (0 = unlimited) and the injected `fault`, health and reflection outside
-/// them, and [`fallback`] for every other path.
+/// `queue` and the injected `fault`, health and reflection outside them, and [`fallback`] for every
+/// other path.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
 pub async fn router<S>(
     service: S,
     shim: axum::Router,
-    concurrency: usize,
+    queue: crate::queue::Queue,
     fault: crate::fault::Fault,
 ) -> (Health, axum::Router)
 where
@@ -106,7 +122,6 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let queue = crate::queue::Queue::new(concurrency);
     let (health, grpc) = health_and_reflection(&[S::NAME]).await;
     let grpc = grpc.add_service(queue.service(service)).into_axum_router();
     let shim = shim.layer(queue);

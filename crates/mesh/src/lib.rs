@@ -7,10 +7,12 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admit;
 pub mod balance;
 pub mod binary;
 pub mod command;
 pub mod config;
+pub mod deadline;
 pub mod discovery;
 pub mod fault;
 pub mod forward;

@@ -4,6 +4,8 @@
 //! the original's interface (`GET /` banner, `GET /{n}` for `n` bytes) so that `httping` and
 //! `curl` work. Every Generate and every shim request waits in one queue (`RNG_CONCURRENCY`, 1 by
 //! default) and takes `RNG_DELAY`: that is why ten workers only get about ten hashes a second.
+//! The queue holds at most `RNG_MAX_QUEUE` waiting requests; past that a call is refused at once,
+//! and a gRPC call leaves it when its deadline passes (see `mesh::queue`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +38,10 @@ pub struct Config {
     /// Requests served at once; the others wait in one queue (0 = unlimited).
     #[arg(long, env = "RNG_CONCURRENCY", default_value_t = 1, value_parser = mesh::config::parse_concurrency)]
     pub concurrency: usize,
+    /// Requests that may wait in the queue; past it a call is refused at once
+    /// (RESOURCE_EXHAUSTED, or 503 with Retry-After). 0: none wait.
+    #[arg(long, env = "RNG_MAX_QUEUE", default_value_t = mesh::queue::DEFAULT_MAX_WAITING, value_parser = mesh::queue::parse_max_waiting)]
+    pub max_queue: usize,
     /// Largest number of bytes one request may ask for.
     #[arg(long, env = "RNG_MAX_SIZE", default_value_t = 1_048_576)]
     pub max_size: u32,
@@ -86,6 +92,9 @@ impl mesh::binary::ServiceConfig for Config {
         ])
     }
 }
+
+/// Room for the protobuf framing around `data` (a tag and a length varint) in the encoding limit.
+const PROTO_OVERHEAD: u32 = 16;
 
 /// Why a request for random bytes is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -202,14 +211,18 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
 pub async fn app(config: &Config, fault: mesh::fault::Fault) -> (mesh::grpc::Health, Router) {
     let rng = Arc::new(Rng::new(config));
     // Requests are a few bytes; anything large is not a GenerateRequest.
-    let generate = RngServiceServer::from_arc(rng.clone()).max_decoding_message_size(1024);
+    // Answers are at most RNG_MAX_SIZE bytes of data.
+    let generate = RngServiceServer::from_arc(rng.clone())
+        .max_decoding_message_size(1024)
+        .max_encoding_message_size(config.max_size.saturating_add(PROTO_OVERHEAD) as usize);
     let shim = Router::new()
         .route("/", get(banner))
         .route("/{n}", get(bytes))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rng);
     // One queue for Generate and the shim alike, as in the single-threaded original.
-    mesh::grpc::router(generate, shim, config.concurrency, fault).await
+    let queue = mesh::queue::Queue::new(config.concurrency, config.max_queue);
+    mesh::grpc::router(generate, shim, queue, fault).await
 }
 
 /// Serves rng on `listener` until `shutdown`, reporting NOT_SERVING first.
@@ -218,7 +231,13 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    tracing::info!(delay = ?config.delay, concurrency = config.concurrency, max_size = config.max_size, "rng starting");
+    tracing::info!(
+        delay = ?config.delay,
+        concurrency = config.concurrency,
+        max_queue = config.max_queue,
+        max_size = config.max_size,
+        "rng starting"
+    );
     let (fault, switch) = config
         .fault_injection
         .start(config.fault_delay, config.fault_error_rate);

@@ -14,6 +14,7 @@ fn bad_settings_exit_2_naming_the_variable() {
     assert_rejected(rng, "RNG_MAX_SIZE", "5000000000");
     assert_rejected(rng, "RNG_LISTEN", "nowhere");
     assert_rejected(rng, "RNG_ADMIN_LISTEN", "nowhere");
+    assert_rejected(rng, "RNG_MAX_QUEUE", "-1");
     assert_rejected(rng, "FAULT_INJECTION", "maybe");
     for threads in ["0", "many", "100000"] {
         assert_rejected(rng, "TOKIO_WORKER_THREADS", threads);

@@ -108,6 +108,17 @@ pub const MAX_DIFFICULTY: u8 = 16;
 /// Largest `WORKER_BATCH`: 32 KiB of random bytes per call, well under rng's and hasher's caps.
 pub const MAX_BATCH: u32 = 1024;
 
+/// Largest answer rng sends this worker: the random bytes for one batch, plus framing.
+const RNG_MAX_ANSWER: usize = (mine::RANDOM_BYTES * MAX_BATCH) as usize + 64;
+
+/// Largest answer hasher sends this worker: a digest (64 characters and 2 bytes of framing) per
+/// unit of a batch.
+const HASHER_MAX_ANSWER: usize = 66 * MAX_BATCH as usize + 64;
+
+/// Largest request this worker sends: a HashBatch of one batch's random bytes, each item with up
+/// to 3 bytes of framing (a GenerateRequest is a few bytes).
+const MAX_REQUEST: usize = ((mine::RANDOM_BYTES + 3) * MAX_BATCH) as usize + 64;
+
 /// Deadline to open a connection to one replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -178,11 +189,17 @@ pub async fn run(
         &shutdown,
     );
     let backends = Backends {
-        rng: RngServiceClient::new(rng),
+        // Limits in both directions: a confused or hostile replica cannot make the worker buffer
+        // more than one batch's answer (tonic's default decoding limit is 4 MiB).
+        rng: RngServiceClient::new(rng)
+            .max_decoding_message_size(RNG_MAX_ANSWER)
+            .max_encoding_message_size(MAX_REQUEST),
         retries: retry::budget(),
         batch: config.batch,
         difficulty: config.difficulty,
-        hasher: HasherServiceClient::new(hasher),
+        hasher: HasherServiceClient::new(hasher)
+            .max_decoding_message_size(HASHER_MAX_ANSWER)
+            .max_encoding_message_size(MAX_REQUEST),
     };
     let admin_app = mesh::admin::Admin::new(shutdown.clone())
         .liveness(liveness(
@@ -235,5 +252,27 @@ mod tests {
         );
         shutdown.cancel();
         assert_eq!(alive(), Ok(()), "discovery stops on shutdown, as it should");
+    }
+
+    #[test]
+    fn the_largest_batch_fits_the_clients_message_limits() {
+        use dockercoins::hasher::v1::{HashBatchRequest, HashBatchResponse};
+        use dockercoins::rng::v1::GenerateResponse;
+        use prost::Message;
+
+        let units = MAX_BATCH as usize;
+        let random = GenerateResponse {
+            data: vec![0xff; mine::RANDOM_BYTES as usize * units],
+        };
+        assert!(random.encoded_len() <= RNG_MAX_ANSWER);
+        let batch = HashBatchRequest {
+            data: vec![vec![0xff; mine::RANDOM_BYTES as usize]; units],
+        };
+        assert!(batch.encoded_len() <= MAX_REQUEST);
+        // A digest as hasher writes it: 64 hexadecimal characters.
+        let digests = HashBatchResponse {
+            digests: vec!["0".repeat(64); units],
+        };
+        assert!(digests.encoded_len() <= HASHER_MAX_ANSWER);
     }
 }
