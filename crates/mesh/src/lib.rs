@@ -16,6 +16,7 @@ pub mod forward;
 pub mod grpc;
 pub mod load;
 pub mod metrics;
+pub mod otlp;
 pub mod probe;
 pub mod queue;
 pub mod redis;

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tonic::server::NamedService;
 use tower::util::Either;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument as _;
 
 /// The response header (gRPC metadata) that says how many requests wait in the queue.
 pub const QUEUE_DEPTH: &str = "x-queue-depth";
@@ -154,6 +155,8 @@ where
                 shared
                     .semaphore
                     .acquire()
+                    // The wait shows in the request's trace (see `crate::trace`).
+                    .instrument(tracing::debug_span!(target: crate::trace::TARGET, "queue wait"))
                     .await
                     .expect("the queue's semaphore is never closed")
             };
