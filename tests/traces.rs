@@ -141,9 +141,9 @@ struct UnitTrace {
     hasher: Received,
 }
 
-/// Finds a unit whose trace is complete: the unit span, its two client spans, the two server
-/// spans under them and the queue wait under rng's.
-fn complete_unit(spans: &[Received]) -> Option<UnitTrace> {
+/// Finds a unit whose trace is complete: the unit span, its two client spans (the second calls
+/// hasher's `hash_method`), the two server spans under them and the queue wait under rng's.
+fn complete_unit(spans: &[Received], hash_method: &str) -> Option<UnitTrace> {
     let child = |parent: &Received, service: &str, name: &str| {
         spans
             .iter()
@@ -160,10 +160,11 @@ fn complete_unit(spans: &[Received]) -> Option<UnitTrace> {
         .filter(|span| span.service == "worker" && span.name == "unit")
         .find_map(|unit| {
             let generate = child(unit, "worker", "dockercoins.rng.v1.RngService/Generate")?;
-            let hash = child(unit, "worker", "dockercoins.hasher.v1.HasherService/Hash")?;
+            let hash_name = format!("dockercoins.hasher.v1.HasherService/{hash_method}");
+            let hash = child(unit, "worker", &hash_name)?;
             let rng = child(&generate, "rng", "dockercoins.rng.v1.RngService/Generate")?;
             let queue_wait = child(&rng, "rng", "queue wait")?;
-            let hasher = child(&hash, "hasher", "dockercoins.hasher.v1.HasherService/Hash")?;
+            let hasher = child(&hash, "hasher", &hash_name)?;
             Some(UnitTrace {
                 unit: unit.clone(),
                 generate,
@@ -188,12 +189,22 @@ fn one_unit_of_work_is_one_trace_across_worker_rng_and_hasher() {
     let rng = Service::start("rng", &env);
     let hasher = Service::start("hasher", &env);
     let _worker = worker(&rng, &hasher, &redis, &env);
+    let mut turbo = env.clone();
+    turbo.push(("WORKER_BATCH", "4".to_string()));
+    let _turbo_worker = worker(&rng, &hasher, &redis, &turbo);
 
     let trace = eventually(
         Duration::from_secs(30),
         "one unit's whole trace at the receiver",
-        || complete_unit(&receiver.spans()),
+        || complete_unit(&receiver.spans(), "Hash"),
     );
+    let batch = eventually(
+        Duration::from_secs(30),
+        "one batch's whole trace at the receiver",
+        || complete_unit(&receiver.spans(), "HashBatch"),
+    );
+    assert_eq!(batch.hasher.attributes["rpc.method"], "HashBatch");
+    assert_eq!(batch.unit.attributes["units"], "4");
 
     assert!(
         trace.unit.parent_span_id.is_empty(),
