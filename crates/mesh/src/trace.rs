@@ -290,7 +290,11 @@ mod tests {
                 ));
                 server.in_scope(|| {});
                 *seen.lock().unwrap() = traceparent;
-                Ok(tonic::Response::new(()))
+                let mut response = tonic::Response::new(());
+                response
+                    .metadata_mut()
+                    .insert(crate::grpc::SERVED_BY, "rng-7".parse().unwrap());
+                Ok(response)
             },
         )
         .await
@@ -319,19 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn exported_the_server_span_is_a_child_of_the_client_span_under_the_unit() {
-        let kept = Kept::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(kept.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_target(TARGET, tracing::Level::DEBUG),
-                ),
-        );
-        let _default = tracing::subscriber::set_default(subscriber);
+        let (provider, kept, _default) = exporting();
 
         let unit = unit_span(1);
         let trace = TraceContext::of(&unit).expect("an exported span has a context");
@@ -366,6 +358,69 @@ mod tests {
             client.span_context.span_id(),
             "traceparent names the client span"
         );
+    }
+
+    /// A tracer provider whose spans end up in the returned [`Kept`], installed for this thread
+    /// as `crate::telemetry` installs it with export on.
+    fn exporting() -> (SdkTracerProvider, Kept, tracing::subscriber::DefaultGuard) {
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target(TARGET, tracing::Level::DEBUG),
+                ),
+        );
+        let guard = tracing::subscriber::set_default(subscriber);
+        (provider, kept, guard)
+    }
+
+    #[tokio::test]
+    async fn client_spans_record_the_replica_or_the_error() {
+        let (provider, kept, _default) = exporting();
+        let trace = TraceContext::new();
+        call_and_serve(&trace).await;
+        let failed = call(
+            "a.B",
+            "C",
+            &trace,
+            (),
+            |_request: tonic::Request<()>| async {
+                Err::<tonic::Response<()>, _>(tonic::Status::unavailable("gone"))
+            },
+        )
+        .await;
+        assert!(failed.is_err());
+        provider.force_flush().unwrap();
+
+        let spans = kept.0.lock().unwrap().clone();
+        let client = |name: &str| {
+            let span = spans
+                .iter()
+                .find(|span| span.span_kind == SpanKind::Client && span.name == name)
+                .unwrap_or_else(|| panic!("no client span {name} in {spans:?}"));
+            let attributes: std::collections::HashMap<String, String> = span
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                .collect();
+            (span.status.clone(), attributes)
+        };
+        let (status, served) = client("dockercoins.rng.v1.RngService/Generate");
+        assert_eq!(status, opentelemetry::trace::Status::Unset);
+        assert_eq!(served["server.address"], "rng-7");
+        assert_eq!(served["rpc.grpc.status_code"], "0");
+        let (status, failed) = client("a.B/C");
+        assert!(
+            matches!(status, opentelemetry::trace::Status::Error { .. }),
+            "{status:?}"
+        );
+        assert_eq!(failed["rpc.grpc.status_code"], "14");
+        assert!(!failed.contains_key("server.address"));
     }
 
     #[test]
