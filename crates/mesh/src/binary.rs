@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 
 use crate::command::{self, Command, Probe};
-use crate::{Shutdown, config, runtime, serve, shutdown, telemetry};
+use crate::{Shutdown, config, otlp, runtime, serve, shutdown, telemetry};
 
 /// What [`main`] needs from a service's configuration besides its own settings.
 pub trait ServiceConfig: clap::Parser {
@@ -43,9 +43,10 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let config: C = config::parse();
-    let runtime = config
+    let (traces, runtime) = config
         .validate()
-        .and_then(|()| runtime::build())
+        .and_then(|()| otlp::Settings::from_env(<C as clap::CommandFactory>::command().get_name()))
+        .and_then(|traces| Ok((traces, runtime::build()?)))
         .unwrap_or_else(|line| config::exit_invalid::<C>(&line));
     runtime.block_on(async move {
         let addresses = command::Addresses {
@@ -57,10 +58,18 @@ where
         {
             return Ok(code);
         }
-        telemetry::init();
+        // Started only to serve: a `healthcheck` exports nothing.
+        let exporter = traces.map(|traces| {
+            traces
+                .start()
+                .unwrap_or_else(|line| config::exit_invalid::<C>(&line))
+        });
+        telemetry::init(exporter.as_ref());
         let shutdown = shutdown::on_signal();
         let listener = serve::bind(config.listen()).await?;
         serve(config, listener, shutdown).await?;
+        // The last spans leave before the process does (also on an error above, when dropped).
+        drop(exporter);
         Ok(ExitCode::SUCCESS)
     })
 }

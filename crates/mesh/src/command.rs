@@ -99,7 +99,7 @@ pub async fn run(
             }))
         }
         Some(Command::Forward { to }) => {
-            crate::telemetry::init();
+            crate::telemetry::init(None);
             let shutdown = crate::shutdown::on_signal();
             let listener = crate::serve::bind(addresses.listen).await?;
             crate::forward::run(listener, to.clone(), limits, shutdown).await?;

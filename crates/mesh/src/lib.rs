@@ -21,6 +21,7 @@ pub mod idle;
 pub mod limits;
 pub mod load;
 pub mod metrics;
+pub mod otlp;
 pub mod probe;
 pub mod queue;
 pub mod redis;

@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use tonic::server::NamedService;
 use tower::util::Either;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument as _;
 
 /// The response header (gRPC metadata) that says how many requests wait in the queue.
 pub const QUEUE_DEPTH: &str = "x-queue-depth";
@@ -262,7 +263,11 @@ where
             .map(|timeout| tokio::time::Instant::now() + timeout);
         Box::pin(async move {
             let queued = Instant::now();
-            let permit = match shared.take_turn(deadline).await {
+            // The wait shows in the request's trace (see `crate::trace`).
+            let turn = shared
+                .take_turn(deadline)
+                .instrument(tracing::debug_span!(target: crate::trace::TARGET, "queue wait"));
+            let permit = match turn.await {
                 Ok(permit) => permit,
                 Err(refused) => return Ok(refused.answer(grpc)),
             };

@@ -13,12 +13,14 @@ use tower::retry::budget::TpsBudget;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
+use dockercoins::hasher::v1::hasher_service_server;
 use dockercoins::hasher::v1::{HashBatchRequest, HashRequest};
 use dockercoins::rng::v1::GenerateRequest;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
+use dockercoins::rng::v1::rng_service_server;
 use mesh::balance::Balanced;
 use mesh::trace::TraceContext;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::retry::with_retries;
 use crate::tally::{Coin, Replica, Tally};
@@ -65,16 +67,35 @@ pub struct Mined {
 }
 
 impl Backends {
-    /// Does one unit of work, or `batch` of them.
+    /// Does one unit of work, or `batch` of them, in one trace.
     pub async fn mine(&mut self) -> Result<Mined, UnitError> {
-        // One trace per call pair: both calls carry it, so rng's and hasher's logs show the unit.
-        let trace = TraceContext::new();
+        let unit = mesh::trace::unit_span(self.batch);
+        // Exported, the unit's span starts the trace; else a trace of our own, for the logs.
+        let trace = TraceContext::of(&unit).unwrap_or_default();
         tracing::debug!(trace_id = %trace.trace_id(), "unit of work");
+        if unit.is_disabled() {
+            return self.mine_in(&trace).await;
+        }
+        self.mine_in(&trace).instrument(unit).await
+    }
+
+    /// [`Backends::mine`] within `trace`: both calls carry it, so rng's and hasher's spans and
+    /// logs show the unit.
+    async fn mine_in(&mut self, trace: &TraceContext) -> Result<Mined, UnitError> {
         let asked = RANDOM_BYTES * self.batch;
         let data = with_retries(&self.retries, || {
             let mut rng = self.rng.clone();
-            let request = traced(GenerateRequest { size: asked }, &trace);
-            async move { rng.generate(request).await }
+            let request = GenerateRequest { size: asked };
+            async move {
+                mesh::trace::call(
+                    rng_service_server::SERVICE_NAME,
+                    "Generate",
+                    trace,
+                    request,
+                    |request| rng.generate(request),
+                )
+                .await
+            }
         })
         .await
         .map_err(UnitError::Rng)?;
@@ -89,8 +110,17 @@ impl Backends {
         let (digests, hasher) = if self.batch == 1 {
             let digest = with_retries(&self.retries, || {
                 let mut hasher = self.hasher.clone();
-                let request = traced(HashRequest { data: data.clone() }, &trace);
-                async move { hasher.hash(request).await }
+                let request = HashRequest { data: data.clone() };
+                async move {
+                    mesh::trace::call(
+                        hasher_service_server::SERVICE_NAME,
+                        "Hash",
+                        trace,
+                        request,
+                        |request| hasher.hash(request),
+                    )
+                    .await
+                }
             })
             .await
             .map_err(UnitError::Hasher)?;
@@ -103,13 +133,19 @@ impl Backends {
                 .collect();
             let digests = with_retries(&self.retries, || {
                 let mut hasher = self.hasher.clone();
-                let request = traced(
-                    HashBatchRequest {
-                        data: items.clone(),
-                    },
-                    &trace,
-                );
-                async move { hasher.hash_batch(request).await }
+                let request = HashBatchRequest {
+                    data: items.clone(),
+                };
+                async move {
+                    mesh::trace::call(
+                        hasher_service_server::SERVICE_NAME,
+                        "HashBatch",
+                        trace,
+                        request,
+                        |request| hasher.hash_batch(request),
+                    )
+                    .await
+                }
             })
             .await
             .map_err(UnitError::Hasher)?;
@@ -139,18 +175,6 @@ impl Backends {
             served_by: [rng, hasher],
         })
     }
-}
-
-/// A request carrying a new span of `trace` in its `traceparent` metadata.
-fn traced<T>(message: T, trace: &TraceContext) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let header = trace.child().header();
-    if let Ok(value) = header.parse() {
-        request
-            .metadata_mut()
-            .insert(mesh::trace::TRACEPARENT, value);
-    }
-    request
 }
 
 /// Which replica answered, from its `x-served-by` metadata; counted in `dockercoins_picks_total`.
