@@ -67,12 +67,35 @@ pub struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     exited: Option<std::process::ExitStatus>,
+    /// Whether the process leads a process group, killed whole on drop.
+    group: bool,
 }
 
 impl Process {
     /// Starts `program` with `env` (and a quiet, plain log format).
     pub fn spawn(name: &str, program: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::spawn_with(name, program, args, env, false)
+    }
+
+    /// Like [`Process::spawn`], in a process group of its own that is killed whole when the
+    /// process is dropped: for chromedriver, whose Chromium would otherwise outlive a test that
+    /// failed before closing its session, and keep a core busy polling a dead page.
+    pub fn spawn_group(name: &str, program: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::spawn_with(name, program, args, env, true)
+    }
+
+    fn spawn_with(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        group: bool,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
         let mut command = Command::new(program);
+        if group {
+            command.process_group(0);
+        }
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -113,6 +136,7 @@ impl Process {
             child,
             log,
             exited: None,
+            group,
         }
     }
 
@@ -190,6 +214,9 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.group {
+            let _ = nix::sys::signal::killpg(self.pid(), Signal::SIGKILL);
+        }
         if self.exited.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -700,7 +727,7 @@ impl Browser {
     /// Starts chromedriver on a free port and opens a Chromium session, 1280x900.
     pub async fn start() -> Self {
         let port = free_port();
-        let driver = Process::spawn(
+        let driver = Process::spawn_group(
             "chromedriver",
             &tool("chromedriver"),
             &[&format!("--port={port}")],
