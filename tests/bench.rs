@@ -1,5 +1,5 @@
 //! Keeps the benchmark working: `scripts/bench --quick` must run the whole harness and write every
-//! key issue 6 names into `target/bench/results.json`, each with a real value.
+//! target key into `target/bench/results.json`, each with a real value.
 //!
 //! It never checks a speed: a shared CI machine says nothing about the code's. It checks that each
 //! number was measured (a rate above zero, answers without errors), so a broken measurement
@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// The keys issue 6 asks `results.json` to hold, each a number.
+/// The keys `results.json` must hold (the targets' keys), each a number.
 const NUMBERS: [&str; 11] = [
     "turbo_hashes_per_s",
     "rng_http_rps",

@@ -1,4 +1,4 @@
-//! The DockerCoins benchmark (issue 6): one command that measures the stack flat out.
+//! The DockerCoins benchmark: one command that measures the stack flat out.
 //!
 //! `scripts/bench` builds the release binaries and runs [`run::run`]: redis-server and the four
 //! services on loopback with every delay `0s` and no request queue, then the turbo pipeline's

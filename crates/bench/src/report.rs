@@ -1,7 +1,7 @@
 //! The results of a run: `target/bench/results.json` for machines (CI checks its keys), a
 //! markdown table for people, and the generated block of `docs/BENCHMARKS.md`.
 //!
-//! The JSON is flat where issue 6 names keys (`rng_http_rps`, `rss_mib`, …) and detailed beside
+//! The JSON is flat for the keys the targets are checked by (`rng_http_rps`, `rss_mib`, …) and detailed beside
 //! them (every run with its CPU shares, every turbo step). The markdown compares each number
 //! with its target. In `docs/BENCHMARKS.md` only the text between the two markers is
 //! regenerated, so the hand-written analysis around it survives every run.
@@ -109,7 +109,7 @@ impl Results {
             .fold(0.0, f64::max)
     }
 
-    /// `results.json`: issue 6's keys, flat, and the details beside them.
+    /// `results.json`: the target keys, flat, and the details beside them.
     pub fn to_json(&self) -> Value {
         let mut root = serde_json::Map::new();
         let best = self.best_turbo();

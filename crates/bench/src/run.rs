@@ -93,7 +93,7 @@ impl Plan {
     }
 }
 
-/// The gRPC stream counts issue 6 asks for.
+/// The gRPC stream counts the targets are stated for.
 const STREAMS: [usize; 2] = [1, 64];
 /// How long a service has been idle when its idle memory is read.
 const IDLE_SETTLE: Duration = Duration::from_millis(300);

@@ -1,4 +1,5 @@
-//! HTTP load with wrk, as issue 6 names it: `wrk -t2 -c16 --latency`, and its report parsed.
+//! HTTP load with wrk, as the targets in docs/BENCHMARKS.md are stated: `wrk -t2 -c16 --latency`,
+//! and its report parsed.
 //!
 //! wrk is a closed loop (each connection sends its next request when the answer arrives), like
 //! the gRPC load generator, so the two protocols are measured the same way.
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// wrk's threads and connections (issue 6: `-t2 -c16`).
+/// wrk's threads and connections (`-t2 -c16`, the load the targets are stated for).
 pub const THREADS: u32 = 2;
 pub const CONNECTIONS: u32 = 16;
 
