@@ -29,6 +29,7 @@ use tracing::Level;
 mod assets;
 pub mod board;
 mod counters;
+pub mod golden;
 pub mod rate;
 pub mod replicas;
 mod sampler;
