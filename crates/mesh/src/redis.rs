@@ -80,7 +80,8 @@ pub fn served_seen_key(service: &str) -> String {
 /// Each worker adds what it saw in the last second to one hash per service and per second of
 /// Redis's clock, `dockercoins:golden:{service}:{second}`, which expires after [`golden::TTL_SECONDS`]:
 /// nothing to prune, and memory bounded by the replicas seen in a minute. Fields are
-/// `{replica}|c` (calls), `{replica}|e` (failed calls) and `{replica}|{bucket}` (calls whose
+/// `{replica}|c` (calls), `{replica}|e` (failed calls), `{replica}|s` (their latencies summed, in
+/// µs, for the mean) and `{replica}|{bucket}` (calls whose
 /// latency fell in that bucket of [`golden::bucket_of`]). Counts from many workers add up with
 /// `HINCRBY`, and so do histograms with fixed buckets: the webui sums the last ten seconds and
 /// reads percentiles from the sum. Best-effort: a second a worker could not flush is lost, not
@@ -122,6 +123,7 @@ pub mod golden {
         match what {
             Field::Calls => format!("{replica}|c"),
             Field::Errors => format!("{replica}|e"),
+            Field::Micros => format!("{replica}|s"),
             Field::Bucket(bucket) => format!("{replica}|{bucket}"),
         }
     }
@@ -131,6 +133,8 @@ pub mod golden {
     pub enum Field {
         Calls,
         Errors,
+        /// Latencies summed, in microseconds.
+        Micros,
         Bucket(usize),
     }
 
@@ -140,6 +144,7 @@ pub mod golden {
         let what = match what {
             "c" => Field::Calls,
             "e" => Field::Errors,
+            "s" => Field::Micros,
             bucket => Field::Bucket(bucket.parse().ok().filter(|b| *b < BUCKETS)?),
         };
         Some((replica, what))
@@ -234,7 +239,12 @@ mod tests {
     #[test]
     fn golden_fields_parse_back() {
         use golden::{Field, field, parse_field};
-        for what in [Field::Calls, Field::Errors, Field::Bucket(17)] {
+        for what in [
+            Field::Calls,
+            Field::Errors,
+            Field::Micros,
+            Field::Bucket(17),
+        ] {
             assert_eq!(parse_field(&field("rng-a", what)), Some(("rng-a", what)));
         }
         assert_eq!(parse_field("rng-a|999"), None);

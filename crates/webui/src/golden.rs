@@ -43,6 +43,7 @@ return out
 pub struct Counts {
     pub calls: u64,
     pub errors: u64,
+    pub micros: u64,
     pub buckets: Box<[u64; BUCKETS]>,
 }
 
@@ -51,6 +52,7 @@ impl Default for Counts {
         Self {
             calls: 0,
             errors: 0,
+            micros: 0,
             buckets: Box::new([0; BUCKETS]),
         }
     }
@@ -60,6 +62,7 @@ impl Counts {
     fn add(&mut self, other: &Counts) {
         self.calls += other.calls;
         self.errors += other.errors;
+        self.micros += other.micros;
         for (sum, count) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *sum += count;
         }
@@ -92,6 +95,8 @@ impl Counts {
             errors: self.errors,
             rate: (self.calls as f64 / WINDOW_SECONDS as f64 * 100.0).round() / 100.0,
             success_rate,
+            mean_ms: (self.calls > 0)
+                .then(|| (self.micros as f64 / self.calls as f64).round() / 1000.0),
             p50_ms: self.percentile_ms(0.50),
             p95_ms: self.percentile_ms(0.95),
             p99_ms: self.percentile_ms(0.99),
@@ -113,6 +118,8 @@ pub struct Golden {
     pub rate: f64,
     /// Share of calls that succeeded, 0 to 1; `null` without calls.
     pub success_rate: Option<f64>,
+    /// Mean latency seen by the workers, in milliseconds, failures included.
+    pub mean_ms: Option<f64>,
     /// Latency percentiles seen by the workers, in milliseconds, failures included.
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
@@ -149,6 +156,7 @@ pub fn sum_seconds(seconds: &[Vec<String>]) -> BTreeMap<String, Counts> {
             match what {
                 Field::Calls => counts.calls += count,
                 Field::Errors => counts.errors += count,
+                Field::Micros => counts.micros += count,
                 Field::Bucket(bucket) => counts.buckets[bucket] += count,
             }
         }
@@ -228,6 +236,8 @@ mod tests {
             calls.to_string(),
             golden::field(replica, Field::Errors),
             errors.to_string(),
+            golden::field(replica, Field::Micros),
+            (calls * latency.as_micros() as u64).to_string(),
             golden::field(replica, Field::Bucket(bucket)),
             calls.to_string(),
         ]
@@ -255,13 +265,16 @@ mod tests {
         let p50 = a.p50_ms.unwrap();
         assert!((p50 - 100.0).abs() < 5.0, "{p50}");
         assert_eq!(report.service.calls, 140);
+        assert_eq!(report.service.mean_ms, Some(100.0));
         assert_eq!(report.service.success_rate, Some(0.9286));
     }
 
     #[test]
     fn percentiles_come_from_the_summed_histogram() {
-        let mut counts = Counts::default();
-        counts.calls = 100;
+        let mut counts = Counts {
+            calls: 100,
+            ..Counts::default()
+        };
         counts.buckets[golden::bucket_of(ms(10))] = 90;
         counts.buckets[golden::bucket_of(ms(200))] = 9;
         counts.buckets[golden::bucket_of(ms(2000))] = 1;

@@ -4,7 +4,7 @@
 //! The worker is where a sick replica shows: it sees every answer (or its absence) and how long it
 //! took, whatever the replica says about itself. Recording must stay cheap at turbo rates
 //! (hundreds of thousands of calls a second), so a call costs a read lock, a short scan of the
-//! replicas known (a handful) and three atomic adds into that replica's fixed histogram: no
+//! replicas known (a handful) and four atomic adds into that replica's fixed histogram: no
 //! allocation and no lock held for writing, except the first time a replica is seen. Memory is
 //! bounded whatever the churn: at most [`MAX_REPLICAS`] per service, and a replica not called for
 //! [`IDLE_FLUSHES`] flushes is forgotten.
@@ -42,6 +42,7 @@ return 1
 struct Stats {
     calls: AtomicU64,
     errors: AtomicU64,
+    micros: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
     /// Takes in a row that found no call.
     idle: AtomicU32,
@@ -52,6 +53,7 @@ impl Default for Stats {
         Self {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             idle: AtomicU32::new(0),
         }
@@ -65,6 +67,8 @@ pub struct Second {
     pub replica: String,
     pub calls: u64,
     pub errors: u64,
+    /// Latencies summed, in microseconds.
+    pub micros: u64,
     /// Non-empty buckets and their counts.
     pub buckets: Vec<(usize, u64)>,
 }
@@ -89,6 +93,9 @@ impl Golden {
         if !ok {
             stats.errors.fetch_add(1, Ordering::Relaxed);
         }
+        stats
+            .micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         stats.buckets[golden::bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -130,6 +137,7 @@ impl Golden {
             for (service, replica, stats) in known.iter() {
                 let calls = stats.calls.swap(0, Ordering::Relaxed);
                 let errors = stats.errors.swap(0, Ordering::Relaxed);
+                let micros = stats.micros.swap(0, Ordering::Relaxed);
                 // A call recorded between the swaps shows in its bucket now and in the count
                 // next second: best-effort, and no count is lost.
                 let buckets: Vec<(usize, u64)> = stats
@@ -149,6 +157,7 @@ impl Golden {
                     replica: replica.clone(),
                     calls,
                     errors,
+                    micros,
                     buckets,
                 });
             }
@@ -197,6 +206,9 @@ pub async fn send(pool: &Pool, golden: &Golden) {
                         .arg(golden::field(replica, Field::Errors))
                         .arg(second.errors);
                 }
+                invocation
+                    .arg(golden::field(replica, Field::Micros))
+                    .arg(second.micros);
                 for (bucket, count) in &second.buckets {
                     invocation
                         .arg(golden::field(replica, Field::Bucket(*bucket)))
@@ -240,6 +252,7 @@ mod tests {
         assert_eq!(taken.len(), 2);
         let (hasher, rng) = (&taken[0], &taken[1]);
         assert_eq!((rng.service, rng.calls, rng.errors), ("rng", 2, 1));
+        assert_eq!(rng.micros, 502_000);
         assert_eq!(
             rng.buckets,
             vec![

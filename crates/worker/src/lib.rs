@@ -225,6 +225,7 @@ pub async fn run(
     };
     // Golden metrics on their own task at the flush's pace, not inside the exactly-once flush:
     // they are best-effort, so a slow or failed send must neither delay nor retry the counts.
+    let (golden_pool, golden_stats) = (pool.clone(), backends.golden.clone());
     let golden = {
         let (pool, golden, shutdown) = (pool.clone(), backends.golden.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -242,6 +243,11 @@ pub async fn run(
     while miners.join_next().await.is_some() {}
     flusher.drain(&tally, mesh::shutdown::DRAIN_DEADLINE).await;
     golden.await?;
+    // The last second's calls, once the miners are gone; only if Redis just took the counts, so
+    // that an outage does not stretch the shutdown past its second.
+    if tally.is_empty() {
+        golden::send(&golden_pool, &golden_stats).await;
+    }
     admin.await??;
     info!("worker stopped");
     Ok(())

@@ -1,0 +1,183 @@
+//! Golden metrics on loopback: three rng replicas, one made slow and one failing through the fault
+//! switch; `/json` and the dashboard single them out by latency and success rate, and their
+//! numbers agree with the replicas' own `/metrics`. The screenshot is left at
+//! `target/golden.png` for people to look at.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Browser, Redis, Service, eventually, http, scrape, total, worker};
+
+const GENERATE: &str = "/dockercoins.rng.v1.RngService/Generate";
+
+/// Sets `replica`'s fault through its admin port's switch.
+fn fault(replica: &Service, body: &str) {
+    let answer = http()
+        .post(format!("{}/admin/fault", replica.admin_url()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{body}");
+}
+
+/// The replica named `name` in `/json`'s golden metrics of `service`.
+fn replica<'a>(json: &'a Value, service: &str, name: &str) -> Option<&'a Value> {
+    json["golden"][service]["replicas"]
+        .as_array()?
+        .iter()
+        .find(|replica| replica["name"] == name)
+}
+
+/// What a replica's own `/metrics` says of its Generate calls: (calls, failed, mean seconds).
+fn own_view(replica: &Service) -> (f64, f64, f64) {
+    let samples = scrape(&format!("{}/metrics", replica.admin_url()));
+    let route = [("route", GENERATE)];
+    let calls = total(&samples, "dockercoins_requests_total", &route);
+    let failed = total(
+        &samples,
+        "dockercoins_requests_total",
+        &[("route", GENERATE), ("code", "14")],
+    );
+    let sum = total(&samples, "dockercoins_request_duration_seconds_sum", &route);
+    (calls, failed, sum / calls.max(1.0))
+}
+
+fn within_ten_percent(ours: f64, theirs: f64) -> bool {
+    (ours - theirs).abs() <= 0.1 * theirs.abs()
+}
+
+/// Starts a worker with ten units in flight over the three rng replicas.
+fn mine(rngs: &[Service], hasher: &Service, redis: &Redis) -> support::Process {
+    let endpoints: Vec<String> = rngs.iter().map(Service::url).collect();
+    worker(
+        &rngs[0],
+        hasher,
+        redis,
+        &[
+            ("RNG_ENDPOINT", endpoints.join(",")),
+            ("WORKER_CONCURRENCY", "10".to_string()),
+        ],
+    )
+}
+
+#[test]
+fn a_slow_and_a_failing_replica_are_singled_out_and_agree_with_their_own_metrics() {
+    let redis = Redis::start();
+    let rngs: Vec<Service> = ["rng-a", "rng-b", "rng-c"]
+        .into_iter()
+        .map(|name| Service::start("rng", &[("HOSTNAME", name.to_string())]))
+        .collect();
+    let hasher = Service::start("hasher", &[("HOSTNAME", "hasher-a".to_string())]);
+    let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
+    // Before any call, so that each replica's own counters cover exactly the worker's calls.
+    fault(&rngs[1], r#"{"delay": "500ms"}"#);
+    fault(&rngs[2], r#"{"error_rate": 0.5}"#);
+    let mut first = mine(&rngs, &hasher, &redis);
+    let started = Instant::now();
+
+    // Singled out well within 10 s (7, so that every call so far is still in the window below):
+    // rng-b slow, rng-c failing, rng-a neither.
+    let json = eventually(Duration::from_secs(7), "the sick replicas marked", || {
+        let json = webui.get_json("/json")?;
+        let sick = |name| replica(&json, "rng", name).map(|r| r["sick"].as_str().map(String::from));
+        let marked = sick("rng-a")?.is_none()
+            && sick("rng-b")??.contains("slow")
+            && sick("rng-c")??.contains("failing");
+        marked.then_some(json)
+    });
+    eprintln!("marked after {:?}: {}", started.elapsed(), json["golden"]);
+    let b = replica(&json, "rng", "rng-b").unwrap();
+    let c = replica(&json, "rng", "rng-c").unwrap();
+    assert!(b["p50_ms"].as_f64().unwrap() >= 500.0, "{b}");
+    assert!(c["success_rate"].as_f64().unwrap() < 0.8, "{c}");
+    assert_eq!(
+        json["golden"]["hasher"]["replicas"][0]["name"], "hasher-a",
+        "hasher too: {}",
+        json["golden"]["hasher"]
+    );
+
+    // Stop the calls while the 10 s window still holds all of them, then compare with what each
+    // replica counted itself.
+    first.terminate();
+    let own: Vec<(f64, f64, f64)> = rngs.iter().map(own_view).collect();
+    let json = eventually(Duration::from_secs(3), "every call in /json", || {
+        let json = webui.get_json("/json")?;
+        let agree = ["rng-a", "rng-b", "rng-c"]
+            .iter()
+            .zip(&own)
+            .all(|(name, own)| {
+                replica(&json, "rng", name)
+                    .and_then(|r| r["calls"].as_f64())
+                    .is_some_and(|calls| within_ten_percent(calls, own.0))
+            });
+        agree.then_some(json)
+    });
+    for (name, (calls, failed, mean)) in ["rng-a", "rng-b", "rng-c"].iter().zip(&own) {
+        let ours = replica(&json, "rng", name).unwrap();
+        eprintln!("{name}: own calls {calls} failed {failed} mean {mean:.4}s; golden {ours}");
+        let success = ours["success_rate"].as_f64().unwrap();
+        let own_success = 1.0 - failed / calls;
+        assert!(
+            within_ten_percent(success, own_success),
+            "{name}: success {success} vs own {own_success}"
+        );
+        // The replica's histogram buckets are too coarse for percentiles within 10%; its sum
+        // gives the mean exactly.
+        let ours_mean = ours["mean_ms"].as_f64().unwrap() / 1000.0;
+        assert!(
+            within_ten_percent(ours_mean, *mean),
+            "{name}: mean {ours_mean} s vs own mean {mean} s"
+        );
+    }
+
+    // The dashboard, with calls flowing again: a table per service, the sick rows marked.
+    // Blocking HTTP (reqwest's) above, the browser (async) below: a runtime of its own.
+    let _second = mine(&rngs, &hasher, &redis);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let browser = Browser::start().await;
+        browser.client.goto(&webui.url()).await.unwrap();
+        let rows = browser
+            .wait_for(
+                "#golden-rng tbody tr.sick",
+                Duration::from_secs(10),
+                |rows| {
+                    let has = |name: &str, mark: &str| {
+                        rows.iter()
+                            .any(|row| row.starts_with(name) && row.contains(mark))
+                    };
+                    (rows.len() == 2 && has("rng-b", "slow") && has("rng-c", "failing"))
+                        .then(|| rows.to_vec())
+                },
+            )
+            .await
+            .unwrap_or_else(|rows| panic!("sick rows on the page: {rows:?}"));
+        eprintln!("sick rows: {rows:?}");
+        let all = browser.texts("#golden-rng tbody tr").await;
+        assert!(all[0].starts_with("all replicas"), "{all:?}");
+        assert!(all.iter().any(|row| row.starts_with("rng-a")), "{all:?}");
+        let hasher_rows = browser.texts("#golden-hasher tbody tr").await;
+        assert!(
+            hasher_rows.iter().any(|row| row.starts_with("hasher-a")),
+            "{hasher_rows:?}"
+        );
+        // The tables are below the chart: the screenshot shows them.
+        browser
+            .client
+            .execute(
+                "document.querySelector('.goldens').scrollIntoView()",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let png = browser.client.screenshot().await.expect("a screenshot");
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(target.join("golden.png"), &png).unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+    });
+}
