@@ -126,10 +126,15 @@ fn a_slow_and_a_failing_replica_are_singled_out_and_agree_with_their_own_metrics
             "{name}: success {success} vs own {own_success}"
         );
         // The replica's histogram buckets are too coarse for percentiles within 10%; its sum
-        // gives the mean exactly.
+        // gives the mean exactly. The workers also see what the replica's own clock does not: the
+        // trip there and back, and their own wait for a core. That is a few ms on a quiet
+        // machine, but up to 70 ms was seen on two cores at a load average of 17 (the workers'
+        // mean of rng-a 308 ms, its own 241 ms). So the slow replica, whose latency is the number
+        // that singles it out, must agree within 10%; the others within 10% or 100 ms.
         let ours_mean = ours["mean_ms"].as_f64().unwrap() / 1000.0;
+        let slack = if *name == "rng-b" { 0.0 } else { 0.100 };
         assert!(
-            within_ten_percent(ours_mean, *mean),
+            within_ten_percent(ours_mean, *mean) || (ours_mean - mean).abs() <= slack,
             "{name}: mean {ours_mean} s vs own mean {mean} s"
         );
     }
