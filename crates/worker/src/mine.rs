@@ -316,6 +316,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_call_is_counted_against_the_replica_that_answered() {
+        let golden = Golden::default();
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(mesh::grpc::SERVED_BY, "rng-c".parse().unwrap());
+        let failed: Result<tonic::Response<()>, _> = Err(tonic::Status::with_metadata(
+            tonic::Code::Unavailable,
+            "injected fault",
+            metadata,
+        ));
+        record_call(&golden, "rng", Instant::now(), &failed);
+        let nobody: Result<tonic::Response<()>, _> =
+            Err(tonic::Status::deadline_exceeded("no answer"));
+        record_call(&golden, "rng", Instant::now(), &nobody);
+        let mut taken: Vec<(String, u64, u64)> = golden
+            .take()
+            .into_iter()
+            .map(|second| (second.replica, second.calls, second.errors))
+            .collect();
+        taken.sort();
+        assert_eq!(
+            taken,
+            [("rng-c".to_string(), 1, 1), ("unknown".to_string(), 1, 1)]
+        );
+    }
+
+    #[test]
     fn a_coin_is_a_digest_starting_with_zero() {
         assert!(is_coin("0a1b", 1));
         assert!(!is_coin("a01b", 1));
