@@ -26,6 +26,18 @@
     golden: { rng: byId("golden-rng"), hasher: byId("golden-hasher") },
   };
 
+  // The golden tables' head, the same for every service, and an empty body for the rows.
+  for (const table of Object.values(view.golden)) {
+    const head = table.createTHead().insertRow();
+    for (const title of ["Replica", "calls/s", "success", "p50 ms", "p95 ms", "p99 ms"]) {
+      const cell = document.createElement("th");
+      cell.scope = "col";
+      cell.textContent = title;
+      head.appendChild(cell);
+    }
+    table.createTBody();
+  }
+
   // One point per poll: the speed, or null while it is unknown (a gap in the line).
   const history = [];
 
