@@ -135,7 +135,7 @@ fn redis_killed_loses_at_most_its_last_second_and_counts_nothing_twice() {
     );
 }
 
-/// A TCP proxy in front of Redis that, once armed, lets the next script call through and
+/// A TCP proxy in front of Redis that, once armed, lets the next flush script call through and
 /// swallows Redis's answer to it, then cuts the connection: what a network that fails after the
 /// request went through looks like to the worker.
 struct AnswerEater {
@@ -169,8 +169,11 @@ impl AnswerEater {
                         if read == 0 {
                             break;
                         }
+                        // The flush script only (it names `dockercoins:flushed`), not the
+                        // golden metrics' best-effort one.
                         let is_script =
-                            chunk.windows(7).any(|w| w.eq_ignore_ascii_case(b"EVALSHA"));
+                            chunk.windows(7).any(|w| w.eq_ignore_ascii_case(b"EVALSHA"))
+                                && chunk.windows(19).any(|w| w == b"dockercoins:flushed");
                         if is_script && armed.swap(false, Ordering::SeqCst) {
                             eat.store(true, Ordering::SeqCst);
                         }

@@ -23,7 +23,20 @@
     updated: byId("updated"),
     chart: byId("chart"),
     replicas: { rng: byId("replicas-rng"), hasher: byId("replicas-hasher") },
+    golden: { rng: byId("golden-rng"), hasher: byId("golden-hasher") },
   };
+
+  // The golden tables' head, the same for every service, and an empty body for the rows.
+  for (const table of Object.values(view.golden)) {
+    const head = table.createTHead().insertRow();
+    for (const title of ["Replica", "calls/s", "success", "p50 ms", "p95 ms", "p99 ms"]) {
+      const cell = document.createElement("th");
+      cell.scope = "col";
+      cell.textContent = title;
+      head.appendChild(cell);
+    }
+    table.createTBody();
+  }
 
   // One point per poll: the speed, or null while it is unknown (a gap in the line).
   const history = [];
@@ -55,6 +68,58 @@
     setState("live", "Live");
     remember(data.rate);
     showReplicas(data.replicas || {});
+    showGolden(data.golden || {});
+  }
+
+  // A number of milliseconds or a share, or a dash when there were no calls to measure.
+  const ms = (value) => (typeof value === "number" ? value.toFixed(value < 10 ? 3 : 1) : "–");
+  const share = (value) => (typeof value === "number" ? (100 * value).toFixed(1) + "%" : "–");
+
+  function goldenRow(golden, name, kind) {
+    const row = document.createElement("tr");
+    row.className = kind;
+    const head = document.createElement("th");
+    head.scope = "row";
+    head.textContent = name;
+    if (golden.sick) {
+      row.classList.add("sick");
+      row.dataset.sick = golden.sick;
+      const mark = document.createElement("span");
+      mark.className = "sick-mark";
+      mark.textContent = golden.sick;
+      head.append(" ", mark);
+    }
+    row.appendChild(head);
+    for (const text of [golden.rate.toFixed(2), share(golden.success_rate), ms(golden.p50_ms), ms(golden.p95_ms), ms(golden.p99_ms)]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.appendChild(cell);
+    }
+    return row;
+  }
+
+  // One table per service: the service as a whole first, then each replica, the sick ones marked.
+  // Names come from Redis: set as text, never as markup.
+  function showGolden(golden) {
+    for (const [service, table] of Object.entries(view.golden)) {
+      const report = golden[service];
+      const rows = [];
+      if (report && report.replicas.length > 0) {
+        rows.push(goldenRow(report.service, "all replicas", "total"));
+        for (const replica of report.replicas) {
+          rows.push(goldenRow(replica, replica.name, "replica"));
+        }
+      } else {
+        const row = document.createElement("tr");
+        const cell = document.createElement("td");
+        cell.colSpan = 6;
+        cell.className = "bar-empty";
+        cell.textContent = "No calls in the last 10 s.";
+        row.appendChild(cell);
+        rows.push(row);
+      }
+      table.tBodies[0].replaceChildren(...rows);
+    }
   }
 
   // One bar per replica, as long as its share of the busiest one. Names come from Redis: they are

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::counters::{Sample, Unavailable};
+use crate::golden;
 use crate::rate::HashRate;
 use crate::replicas::{self, ReplicaRates};
 
@@ -30,6 +31,9 @@ pub struct Report {
     /// Calls per second of each rng and hasher replica seen in the last 10 seconds (see
     /// [`crate::replicas`]).
     pub replicas: replicas::Report,
+    /// Golden metrics per service and per replica over the last 10 seconds, from the workers'
+    /// side, the sick replicas marked (see [`crate::golden`]).
+    pub golden: golden::Report,
     /// Why Redis refuses (or soon will refuse) the workers' counts, in one line: memory at
     /// `maxmemory`, a read-only replica, a key of the wrong type. `null` when it takes them. The
     /// workers keep what Redis refuses and flush it once the cause is gone.
@@ -41,6 +45,7 @@ pub struct Report {
 pub struct Board {
     rate: HashRate,
     replicas: ReplicaRates,
+    golden: golden::Report,
     latest: Option<(Instant, u64, u64)>,
     /// Why the last reading failed, if it did.
     error: Option<String>,
@@ -63,6 +68,11 @@ impl Board {
                 self.replicas.record(sample.at, service, counts);
             }
         }
+    }
+
+    /// Takes the latest golden metrics.
+    pub fn golden(&mut self, report: golden::Report) {
+        self.golden = report;
     }
 
     /// Notes what Redis's memory and role say against writes (`None`: nothing).
@@ -99,6 +109,7 @@ impl Board {
             // The estimate is good to a few percent: more digits would only be noise.
             rate: (rate * 1000.0).round() / 1000.0,
             replicas: self.replicas.report(now),
+            golden: self.golden.clone(),
             write_problem: self.write_problem(),
         })
     }

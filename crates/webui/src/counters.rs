@@ -225,7 +225,7 @@ pub async fn read_write_health(pool: &Pool) -> Result<WriteHealth, ReadError> {
 
 /// Runs `read`, giving up after [`READ_DEADLINE`]. Dropping a read midway is harmless: it
 /// writes nothing, and the pool checks the connection before lending it again.
-async fn within_deadline<T>(
+pub(crate) async fn within_deadline<T>(
     read: impl Future<Output = Result<T, ReadError>>,
 ) -> Result<T, ReadError> {
     tokio::time::timeout(READ_DEADLINE, read)

@@ -1,9 +1,11 @@
 //! webui: shows how fast DockerCoins mines, from the counters the worker keeps in Redis.
 //!
 //! What workshop attendees look at: a dashboard (`GET /`) with a live chart of the hashing speed,
-//! the hashes and coins counters, and the calls per second of each rng and hasher replica. The
+//! the hashes and coins counters, the calls per second of each rng and hasher replica, and a table
+//! of golden metrics per service (rate, success rate, latency percentiles per replica). The
 //! page polls `GET /json` every second, which keeps the original's shape (`coins`, `hashes`, `now`)
-//! and adds the speed (`rate`, see [`rate`]) and the replicas (`replicas`, see [`replicas`]), all
+//! and adds the speed (`rate`, see [`rate`]), the replicas (`replicas`, see [`replicas`]) and their
+//! golden metrics (`golden`, see [`golden`]), all
 //! worked out here from readings taken four times a second rather than in the browser from two
 //! polls. `/json` answers from the latest reading, at most 250 ms old, never waiting for Redis
 //! (see [`board`]). The webui starts and serves its page without Redis; `/json` then answers 503,
@@ -29,6 +31,7 @@ use tracing::Level;
 mod assets;
 pub mod board;
 mod counters;
+pub mod golden;
 pub mod rate;
 pub mod replicas;
 mod sampler;

@@ -5,7 +5,8 @@
 //! one task reads the counter on a steady clock and feeds [`HashRate`], and `/json` only asks
 //! it for the slope. Four readings a second place each flush within 250 ms of when it landed.
 //! Once a second it also asks Redis whether it takes writes (memory, role), for the dashboard's
-//! write-problem line.
+//! write-problem line, and reads the golden metrics of the last ten seconds (see
+//! [`crate::golden`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
 use crate::board::Board;
-use crate::counters;
+use crate::{counters, golden};
 
 /// Time between two readings.
 pub const EVERY: Duration = Duration::from_millis(250);
@@ -45,14 +46,17 @@ pub async fn run(pool: Pool, board: Arc<Mutex<Board>>, shutdown: Shutdown) {
         let check_health = reading_number % HEALTH_EVERY == 0;
         let next = async {
             ticks.tick().await;
-            let health = if check_health {
-                Some(counters::read_write_health(&pool).await)
+            let (health, golden) = if check_health {
+                (
+                    Some(counters::read_write_health(&pool).await),
+                    Some(golden::read(&pool).await),
+                )
             } else {
-                None
+                (None, None)
             };
-            (counters::read_sample(&pool).await, health)
+            (counters::read_sample(&pool).await, health, golden)
         };
-        let Some((reading, health)) = shutdown.run_until_cancelled(next).await else {
+        let Some((reading, health, golden)) = shutdown.run_until_cancelled(next).await else {
             break;
         };
         // A failed check says nothing about writes: the failed reading says Redis is away.
@@ -69,6 +73,16 @@ pub async fn run(pool: Pool, board: Arc<Mutex<Board>>, shutdown: Shutdown) {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .write_health(problem);
+        }
+        // Best-effort like their writing: a failed read keeps the last report, and the counts'
+        // reading says whether Redis is away.
+        match golden {
+            Some(Ok(report)) => board
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .golden(report),
+            Some(Err(err)) => debug!(error = %err.reason(), "reading the golden metrics failed"),
+            None => {}
         }
         match reading {
             Ok(reading) => {

@@ -6,6 +6,7 @@
 //! once in one process, like several worker containers would.
 
 pub mod flush;
+pub mod golden;
 pub mod mine;
 pub mod retry;
 pub mod tally;
@@ -175,7 +176,8 @@ pub async fn run(
         "worker starting"
     );
     mesh::metrics::install();
-    let pool = mesh::redis::pool(&config.redis_url, 2)?;
+    // One connection for the counts' flush, one for the golden metrics, one spare.
+    let pool = mesh::redis::pool(&config.redis_url, 3)?;
     let (rng, rng_discovery) = balanced(
         &config,
         &config.rng_endpoint,
@@ -200,6 +202,7 @@ pub async fn run(
         hasher: HasherServiceClient::new(hasher)
             .max_decoding_message_size(HASHER_MAX_ANSWER)
             .max_encoding_message_size(MAX_REQUEST),
+        golden: std::sync::Arc::default(),
     };
     let admin_app = mesh::admin::Admin::new(shutdown.clone())
         .liveness(liveness(
@@ -220,12 +223,31 @@ pub async fn run(
         let (limits, shutdown) = (config.limits.clone(), shutdown.clone());
         tokio::spawn(async move { mesh::serve(admin, admin_app, &limits, shutdown).await })
     };
+    // Golden metrics on their own task at the flush's pace, not inside the exactly-once flush:
+    // they are best-effort, so a slow or failed send must neither delay nor retry the counts.
+    let (golden_pool, golden_stats) = (pool.clone(), backends.golden.clone());
+    let golden = {
+        let (pool, golden, shutdown) = (pool.clone(), backends.golden.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(flush::FLUSH_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+                golden::send(&pool, &golden).await;
+            }
+        })
+    };
     let mut flusher = Flusher::new(pool, &worker_id);
     flusher.run_until(&tally, &shutdown).await;
     // Miners return as soon as shutdown starts; once they are gone the tally no longer moves, and
     // the flusher has the rest of the second to land it.
     while miners.join_next().await.is_some() {}
     flusher.drain(&tally, mesh::shutdown::DRAIN_DEADLINE).await;
+    golden.await?;
+    // The last second's calls, once the miners are gone; only if Redis just took the counts, so
+    // that an outage does not stretch the shutdown past its second.
+    if tally.is_empty() {
+        golden::send(&golden_pool, &golden_stats).await;
+    }
     admin.await??;
     info!("worker stopped");
     Ok(())

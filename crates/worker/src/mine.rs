@@ -7,7 +7,7 @@
 //! worker never hangs and never exits because a dependency is down.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tower::retry::budget::TpsBudget;
 
@@ -22,6 +22,7 @@ use mesh::balance::Balanced;
 use mesh::trace::TraceContext;
 use tracing::{Instrument as _, debug, info, warn};
 
+use crate::golden::Golden;
 use crate::retry::with_retries;
 use crate::tally::{Coin, Replica, Tally};
 
@@ -54,6 +55,8 @@ pub struct Backends {
     pub batch: u32,
     /// Leading hex zeros that make a digest a coin (`WORKER_DIFFICULTY`).
     pub difficulty: u8,
+    /// Every call's replica, outcome and latency, for the dashboard's golden metrics.
+    pub golden: Arc<Golden>,
 }
 
 /// Units of work done by one pair of calls.
@@ -86,15 +89,19 @@ impl Backends {
         let data = with_retries(&self.retries, || {
             let mut rng = self.rng.clone();
             let request = GenerateRequest { size: asked };
+            let golden = self.golden.clone();
             async move {
-                mesh::trace::call(
+                let started = Instant::now();
+                let result = mesh::trace::call(
                     rng_service_server::SERVICE_NAME,
                     "Generate",
                     trace,
                     request,
                     |request| rng.generate(request),
                 )
-                .await
+                .await;
+                record_call(&golden, "rng", started, &result);
+                result
             }
         })
         .await
@@ -111,15 +118,19 @@ impl Backends {
             let digest = with_retries(&self.retries, || {
                 let mut hasher = self.hasher.clone();
                 let request = HashRequest { data: data.clone() };
+                let golden = self.golden.clone();
                 async move {
-                    mesh::trace::call(
+                    let started = Instant::now();
+                    let result = mesh::trace::call(
                         hasher_service_server::SERVICE_NAME,
                         "Hash",
                         trace,
                         request,
                         |request| hasher.hash(request),
                     )
-                    .await
+                    .await;
+                    record_call(&golden, "hasher", started, &result);
+                    result
                 }
             })
             .await
@@ -136,15 +147,19 @@ impl Backends {
                 let request = HashBatchRequest {
                     data: items.clone(),
                 };
+                let golden = self.golden.clone();
                 async move {
-                    mesh::trace::call(
+                    let started = Instant::now();
+                    let result = mesh::trace::call(
                         hasher_service_server::SERVICE_NAME,
                         "HashBatch",
                         trace,
                         request,
                         |request| hasher.hash_batch(request),
                     )
-                    .await
+                    .await;
+                    record_call(&golden, "hasher", started, &result);
+                    result
                 }
             })
             .await
@@ -188,6 +203,27 @@ fn served_by<T>(service: &'static str, response: &tonic::Response<T>) -> Replica
     metrics::counter!("dockercoins_picks_total", "service" => service, "replica" => replica.clone())
         .increment(1);
     (service, replica)
+}
+
+/// Counts one attempt in the golden metrics, under the replica that answered: its `x-served-by`,
+/// which every answer carries, failures included; "unknown" when no replica answered (a deadline
+/// passed, or the connection broke).
+fn record_call<T>(
+    golden: &Golden,
+    service: &'static str,
+    started: Instant,
+    result: &Result<tonic::Response<T>, tonic::Status>,
+) {
+    let elapsed = started.elapsed();
+    let metadata = match result {
+        Ok(response) => response.metadata(),
+        Err(status) => status.metadata(),
+    };
+    let replica = metadata
+        .get(mesh::grpc::SERVED_BY)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("unknown");
+    golden.record(service, replica, elapsed, result.is_ok());
 }
 
 /// A SHA-256 digest from its 64 hex digits.
@@ -278,6 +314,32 @@ pub async fn mine_forever(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_call_is_counted_against_the_replica_that_answered() {
+        let golden = Golden::default();
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(mesh::grpc::SERVED_BY, "rng-c".parse().unwrap());
+        let failed: Result<tonic::Response<()>, _> = Err(tonic::Status::with_metadata(
+            tonic::Code::Unavailable,
+            "injected fault",
+            metadata,
+        ));
+        record_call(&golden, "rng", Instant::now(), &failed);
+        let nobody: Result<tonic::Response<()>, _> =
+            Err(tonic::Status::deadline_exceeded("no answer"));
+        record_call(&golden, "rng", Instant::now(), &nobody);
+        let mut taken: Vec<(String, u64, u64)> = golden
+            .take()
+            .into_iter()
+            .map(|second| (second.replica, second.calls, second.errors))
+            .collect();
+        taken.sort();
+        assert_eq!(
+            taken,
+            [("rng-c".to_string(), 1, 1), ("unknown".to_string(), 1, 1)]
+        );
+    }
 
     #[test]
     fn a_coin_is_a_digest_starting_with_zero() {
