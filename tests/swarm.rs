@@ -1,8 +1,12 @@
-//! deploy/swarm/stack.yml on the real Docker engine: a single-node swarm on loopback, the four
-//! images built from the Dockerfile, `docker stack deploy`, every service healthy, hashes growing,
-//! ten workers held to ~10 hashes/s by one rng, then `docker service scale rng=3`: the workers
-//! find the new tasks through Swarm's DNS (rng is `endpoint_mode: dnsrr`) and reach 25 hashes/s
-//! or more, with every rng task serving. Then the stack is removed and the swarm left.
+//! The workshop's Swarm chapter on the real Docker engine, in its own order: a single-node swarm
+//! on loopback, the images built from the Dockerfile at two tags (v0.1, v0.2), then services
+//! created by hand with `docker service create` and nothing but a network and a name (the
+//! images find rng, hasher and redis by name), then deploy/swarm/stack.yml with `docker stack
+//! deploy`: every service healthy, hashes growing, a rolling update to TAG=v0.2 and
+//! `docker service rollback`, ten workers held to ~10 hashes/s by one rng, then
+//! `docker service scale rng=3`: the workers find the new tasks through Swarm's DNS (rng is
+//! `endpoint_mode: dnsrr`) and reach 25 hashes/s or more, with every rng task serving. Then the
+//! stack is removed and the swarm left.
 //!
 //! The test joins a swarm only when the engine is in none, and leaves only the swarm it made; the
 //! stack and the swarm are removed when the test ends, also when it fails (drop guards). Its
@@ -27,8 +31,10 @@ use serde_json::Value;
 use support_deploy::poll::eventually_every;
 use support_deploy::{ROOT, checked, output};
 
-/// The images the stack runs, built from the Dockerfile's targets as docker-compose.yml tags them.
+/// The images the stack runs, built from the Dockerfile's targets as docker-compose.yml names them.
 const IMAGES: [&str; 4] = ["rng", "hasher", "worker", "webui"];
+/// The tag the stack runs by default, and the one the rolling update goes to.
+const TAGS: [&str; 2] = ["v0.1", "v0.2"];
 /// The Redis image scripts/offline-images provides; also the helper on the overlay network.
 const REDIS_IMAGE: &str = "redis:7.0-bookworm";
 const SERVICES: [&str; 7] = [
@@ -140,6 +146,14 @@ impl Stack {
             ports,
             removed: false,
         };
+        stack.apply(TAGS[0]);
+        stack
+    }
+
+    /// `TAG=<tag> docker stack deploy …`: the first time it creates the stack, then it updates
+    /// every service whose image changed, as the chapter's rolling update does.
+    fn apply(&self, tag: &str) {
+        let stack = self;
         let mut files = vec!["--compose-file", "deploy/swarm/stack.yml"];
         if !kernel_has_ipvs() {
             eprintln!("no IPVS in this kernel: deploying with deploy/swarm/without-ipvs.yml");
@@ -150,6 +164,8 @@ impl Stack {
             .args(["stack", "deploy", "--resolve-image", "never"])
             .args(&files)
             .arg(&stack.name)
+            .env("TAG", tag)
+            .env_remove("REGISTRY")
             .env("DOCKERCOINS_WEBUI_PORT", stack.ports.webui.to_string())
             .env("DOCKERCOINS_RNG_PORT", stack.ports.rng.to_string())
             .env("DOCKERCOINS_HASHER_PORT", stack.ports.hasher.to_string())
@@ -160,7 +176,6 @@ impl Stack {
             "docker stack deploy: {}",
             String::from_utf8_lossy(&result.stderr)
         );
-        stack
     }
 
     fn service(&self, service: &str) -> String {
@@ -241,6 +256,36 @@ impl Stack {
                 (tasks.len() == count && healthy == count).then_some(tasks)
             },
         )
+    }
+
+    /// Waits until `service` runs one task, healthy, of the image labelled `version`, and the
+    /// service's own spec names that tag.
+    fn wait_version(&self, service: &str, version: &str, deadline: Duration) {
+        eventually_every(
+            deadline,
+            Duration::from_secs(1),
+            &format!("{service} on {version}"),
+            || {
+                let spec = docker(&[
+                    "service",
+                    "inspect",
+                    "--format",
+                    "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+                    &self.service(service),
+                ]);
+                if !spec
+                    .trim()
+                    .starts_with(&format!("dockercoins-mesh/{service}:{version}"))
+                {
+                    return None;
+                }
+                let tasks = self.wait_healthy(service, 1, deadline);
+                tasks
+                    .iter()
+                    .all(|task| task_version(task) == version)
+                    .then_some(())
+            },
+        );
     }
 
     /// `docker stack rm`, then waits until every container and network of the stack is gone.
@@ -403,12 +448,28 @@ impl Drop for Stack {
 }
 
 /// Whether Swarm's virtual IPs and routing mesh can work here: the kernel has IPVS, loaded
-/// (`/proc/net/ip_vs`) or built as a module or in (its configuration says so).
+/// (`/proc/net/ip_vs`), as a module the engine can load, or built in (its configuration says so).
 fn kernel_has_ipvs() -> bool {
     if std::path::Path::new("/proc/net/ip_vs").exists() {
         return true;
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let modules = std::path::Path::new("/lib/modules").join(release.trim());
+    if modules.is_dir() {
+        let found = output(
+            "find",
+            &[
+                modules.to_str().unwrap_or("/"),
+                "-name",
+                "ip_vs.ko*",
+                "-print",
+                "-quit",
+            ],
+        );
+        if !found.stdout.is_empty() {
+            return true;
+        }
+    }
     let boot_config = std::fs::read_to_string(format!("/boot/config-{}", release.trim()));
     let config = boot_config.ok().or_else(|| {
         let zcat = output("zcat", &["/proc/config.gz"]);
@@ -420,8 +481,9 @@ fn kernel_has_ipvs() -> bool {
         Some(config) => config
             .lines()
             .any(|line| line == "CONFIG_IP_VS=y" || line == "CONFIG_IP_VS=m"),
-        // No way to tell: assume a usual kernel, which has it.
-        None => true,
+        // No configuration to read, no module to load and none loaded: a kernel built without
+        // modules and without IPVS (as in some micro-VMs).
+        None => false,
     }
 }
 
@@ -432,9 +494,11 @@ fn http() -> reqwest::blocking::Client {
         .expect("HTTP client")
 }
 
-/// The base images (scripts/offline-images), then the four service images, all four from one
-/// copy of the sources taken now: the tree may change while they build (an editor, another
-/// session), and four builds of four different trees would each compile everything again.
+/// The base images (scripts/offline-images), then the four service images at each of [`TAGS`],
+/// all from one copy of the sources taken now: the tree may change while they build (an editor,
+/// another session), and builds of different trees would each compile everything again. The
+/// second tag differs from the first by its version label only (one layer, seconds), which is
+/// enough for Swarm to roll from one image to the other.
 fn build_images() {
     checked(format!("{ROOT}/scripts/offline-images"), &[] as &[&str]);
     let context = tempfile::tempdir().expect("a directory for the build context");
@@ -456,11 +520,125 @@ fn build_images() {
     );
     checked("bash", &["-o", "pipefail", "-c", &copy]);
     let context = context.path().to_str().expect("a UTF-8 path");
-    for image in IMAGES {
-        let tag = format!("dockercoins/{image}:latest");
+    for tag in TAGS {
+        for image in IMAGES {
+            let name = format!("dockercoins-mesh/{image}:{tag}");
+            let version = format!("VERSION={tag}");
+            docker(&[
+                "build",
+                "--quiet",
+                "--target",
+                image,
+                "--build-arg",
+                &version,
+                "--tag",
+                &name,
+                context,
+            ]);
+        }
+    }
+}
+
+/// The version label of the image a task runs.
+fn task_version(task: &Task) -> String {
+    let container = task.container.as_deref().expect("a container");
+    docker(&[
+        "inspect",
+        "--format",
+        r#"{{index .Config.Labels "org.opencontainers.image.version"}}"#,
+        container,
+    ])
+    .trim()
+    .to_string()
+}
+
+/// Services made by hand, as the chapter starts: `docker network create --driver overlay`, then
+/// `docker service create --network … --name …` for Redis and each image, with no variable set.
+/// Removed (and their network) when dropped.
+struct ByHand {
+    prefix: String,
+    services: Vec<String>,
+    network: String,
+}
+
+impl ByHand {
+    fn create() -> Self {
+        let prefix = format!("dchand{}", std::process::id());
+        let network = format!("{prefix}_net");
         docker(&[
-            "build", "--quiet", "--target", image, "--tag", &tag, context,
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--attachable",
+            &network,
         ]);
+        Self {
+            prefix,
+            services: Vec::new(),
+            network,
+        }
+    }
+
+    /// `docker service create --network <net> --name <name> <image> <args…>`. The service's name
+    /// is made unique on this engine; `name` is its alias on the network, which is what the
+    /// other services call it. Without IPVS, every name resolves to its tasks (dnsrr).
+    fn service(&mut self, name: &str, image: &str, args: &[&str]) {
+        let service = format!("{}_{name}", self.prefix);
+        let network = format!("name={},alias={name}", self.network);
+        let mut all = vec![
+            "service",
+            "create",
+            "--detach",
+            "--network",
+            &network,
+            "--name",
+            &service,
+        ];
+        if !kernel_has_ipvs() {
+            all.extend(["--endpoint-mode", "dnsrr"]);
+        }
+        all.push(image);
+        all.extend(args);
+        docker(&all);
+        self.services.push(service);
+    }
+
+    /// `redis-cli get hashes` from a throwaway container on the network.
+    fn hashes(&self) -> Option<u64> {
+        let result = output(
+            "docker",
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &self.network,
+                REDIS_IMAGE,
+                "redis-cli",
+                "-h",
+                "redis",
+                "get",
+                "hashes",
+            ],
+        );
+        String::from_utf8_lossy(&result.stdout).trim().parse().ok()
+    }
+}
+
+impl Drop for ByHand {
+    fn drop(&mut self) {
+        for service in &self.services {
+            let _ = output("docker", &["service", "rm", service]);
+        }
+        // The network goes once the services' tasks have stopped.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !output("docker", &["network", "rm", &self.network])
+            .status
+            .success()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 
@@ -472,6 +650,39 @@ fn the_stack_on_a_single_node_swarm_scales_rng_past_one_replicas_limit() {
 
     // Guards in this order: the stack is dropped (removed) before the swarm is left.
     let mut swarm = Swarm::join();
+
+    // By hand first, as the chapter starts: an overlay network, Redis, and a service per image
+    // with nothing but its name: the worker finds rng, hasher and redis by their names. (The
+    // chapter's `redis` image turns protected mode off itself; Debian's needs the flag.)
+    {
+        let creating = Instant::now();
+        let mut by_hand = ByHand::create();
+        by_hand.service(
+            "redis",
+            REDIS_IMAGE,
+            &["redis-server", "--protected-mode", "no"],
+        );
+        for image in IMAGES {
+            by_hand.service(image, &format!("dockercoins-mesh/{image}:{}", TAGS[0]), &[]);
+        }
+        let first = eventually_every(
+            Duration::from_secs(180),
+            Duration::from_secs(1),
+            "hashes from the services made by hand",
+            || by_hand.hashes().filter(|hashes| *hashes > 0),
+        );
+        eventually_every(
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            "hashes to grow",
+            || by_hand.hashes().filter(|hashes| *hashes > first),
+        );
+        eprintln!(
+            "services made by hand mining {:?} after create",
+            creating.elapsed()
+        );
+    }
+
     let mut stack = Stack::deploy(Ports::free());
     let deployed = Instant::now();
     for service in SERVICES {
@@ -516,6 +727,24 @@ fn the_stack_on_a_single_node_swarm_scales_rng_past_one_replicas_limit() {
         digest.contains("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
         "{digest:?}"
     );
+
+    // A rolling update as the chapter makes one: the next TAG, deployed again. Each service of
+    // ours moves to it, the new task healthy before the old one stops; hashes keep growing.
+    // Then `docker service rollback` takes the worker back to the previous tag.
+    let updating = Instant::now();
+    stack.apply(TAGS[1]);
+    for service in ["worker", "rng"] {
+        stack.wait_version(service, TAGS[1], Duration::from_secs(180));
+    }
+    eprintln!("rolled to {} in {:?}", TAGS[1], updating.elapsed());
+    let (_, now) = stack.next_change(0);
+    stack.next_change(now);
+    let rolling_back = Instant::now();
+    docker(&["service", "rollback", "--detach", &stack.service("worker")]);
+    stack.wait_version("worker", TAGS[0], Duration::from_secs(180));
+    eprintln!("worker rolled back in {:?}", rolling_back.elapsed());
+    let (_, now) = stack.next_change(0);
+    stack.next_change(now);
 
     // Ten workers on one rng: rng's queue holds them to about 10 hashes/s.
     stack.scale("worker", 10);

@@ -38,7 +38,7 @@ pub struct Options {
     /// The document whose generated block a full run rewrites (quick runs never do).
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     pub docs: PathBuf,
-    /// Fail when an image `dockercoins/<service>:latest` is missing (full runs build them first).
+    /// Fail when an image `dockercoins-mesh/<service>:v0.1` is missing (full runs build them first).
     #[arg(long)]
     pub require_images: bool,
     /// HTTP/2 connections the 64 gRPC streams share.
@@ -296,7 +296,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         facts.binary_mib = bytes as f64 / 1024.0 / 1024.0;
         facts.image_mb = image_mb(name);
         if options.require_images && facts.image_mb.is_none() {
-            bail!("image dockercoins/{name}:latest is not built");
+            bail!("image dockercoins-mesh/{name}:v0.1 is not built");
         }
     }
 
@@ -647,12 +647,12 @@ fn terminate_under_grpc(
     Ok(exit?.as_secs_f64() * 1000.0)
 }
 
-/// The size of `dockercoins/<name>:latest` in MB (10^6 bytes, as `docker images` shows), if
+/// The size of `dockercoins-mesh/<name>:v0.1` in MB (10^6 bytes, as `docker images` shows), if
 /// Docker has it.
 fn image_mb(name: &str) -> Option<f64> {
     let output = std::process::Command::new("docker")
         .args(["image", "inspect", "--format", "{{.Size}}"])
-        .arg(format!("dockercoins/{name}:latest"))
+        .arg(format!("dockercoins-mesh/{name}:v0.1"))
         .output()
         .ok()?;
     if !output.status.success() {
