@@ -8,7 +8,7 @@
 //!
 //! The work one request can ask for is bounded: `data` by `HASHER_MAX_BODY`, a HashBatch by
 //! `HASHER_MAX_ITEMS` and by its bytes plus [`ITEM_OVERHEAD`] per item against the same cap, and
-//! large bodies are read only a few at a time (see `mesh::admit`). Hashing more than
+//! large bodies are read only a few at a time (see `mesh::server::admit`). Hashing more than
 //! [`BLOCKING_THRESHOLD`] bytes runs on a blocking thread, so that the runtime thread keeps
 //! answering health checks meanwhile.
 
@@ -49,7 +49,7 @@ pub struct Config {
     pub max_body: usize,
     /// Requests that may wait in the queue when HASHER_CONCURRENCY is set; past it a request is
     /// refused at once (RESOURCE_EXHAUSTED, or 503). 0: none wait.
-    #[arg(long, env = "HASHER_MAX_QUEUE", default_value_t = mesh::queue::DEFAULT_MAX_WAITING, value_parser = mesh::queue::parse_max_waiting)]
+    #[arg(long, env = "HASHER_MAX_QUEUE", default_value_t = mesh::server::queue::DEFAULT_MAX_WAITING, value_parser = mesh::server::queue::parse_max_waiting)]
     pub max_queue: usize,
     /// Most items in one HashBatch (the worker sends at most 1024).
     #[arg(long, env = "HASHER_MAX_ITEMS", default_value_t = 4096, value_parser = parse_max_items)]
@@ -60,14 +60,14 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// `off` removes the fault switch and refuses the start-up faults below.
     #[arg(long, env = "FAULT_INJECTION", default_value = "on", value_enum)]
-    pub fault_injection: mesh::fault::Injection,
+    pub fault_injection: mesh::admin::fault::Injection,
     /// Injected delay added to every request, to make this replica slow (see `hasher fault`).
     #[arg(long, env = "HASHER_FAULT_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub fault_delay: Duration,
     /// Injected share of requests that fail with UNAVAILABLE (or 503), from 0 to 1.
-    #[arg(long, env = "HASHER_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::fault::parse_rate)]
+    #[arg(long, env = "HASHER_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::admin::fault::parse_rate)]
     pub fault_error_rate: f64,
-    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    /// Limits of every listener (`LISTEN_*`; see `mesh::server::limits`).
     #[command(flatten)]
     pub limits: mesh::Limits,
     /// `healthcheck`, `fault` or `forward`, instead of serving.
@@ -76,7 +76,7 @@ pub struct Config {
 }
 
 impl mesh::binary::ServiceConfig for Config {
-    const PROBE: mesh::command::Probe = mesh::command::Probe::Grpc;
+    const PROBE: mesh::admin::command::Probe = mesh::admin::command::Probe::Grpc;
 
     fn listen(&self) -> SocketAddr {
         self.listen
@@ -130,7 +130,7 @@ pub const ITEM_OVERHEAD: usize = 32;
 pub const BLOCKING_THRESHOLD: usize = 64 * 1024;
 
 /// Bodies of at most this many bytes (the worker's Hash and HashBatch) are never held back;
-/// larger ones are read [`LARGE_AT_ONCE`] at a time (see `mesh::admit`).
+/// larger ones are read [`LARGE_AT_ONCE`] at a time (see `mesh::server::admit`).
 pub const LARGE_BODY: usize = 64 * 1024;
 
 /// Large bodies read and served at once. A replica is one core's worth of work (see
@@ -290,10 +290,13 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
 /// gRPC (with health and reflection) and the HTTP shim, on one router.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
-pub async fn app(config: &Config, fault: mesh::fault::Fault) -> (mesh::grpc::Health, Router) {
+pub async fn app(
+    config: &Config,
+    fault: mesh::admin::fault::Fault,
+) -> (mesh::server::grpc::Health, Router) {
     let hasher = Arc::new(Hasher::new(config));
     // Shared by gRPC and the shim: the bound is on the memory of large bodies, whoever sends them.
-    let admission = mesh::admit::Admission::new(LARGE_AT_ONCE, LARGE_BODY);
+    let admission = mesh::server::admit::Admission::new(LARGE_AT_ONCE, LARGE_BODY);
     // tonic rejects a larger message before decoding it, with its standard OUT_OF_RANGE (an
     // accepted batch is never larger on the wire: see `ITEM_OVERHEAD`).
     let hash = HasherServiceServer::from_arc(hasher.clone())
@@ -308,8 +311,8 @@ pub async fn app(config: &Config, fault: mesh::fault::Fault) -> (mesh::grpc::Hea
         // Outside the body limit: a large body waits for nothing, it is refused or let through.
         .layer(admission)
         .with_state(hasher);
-    let queue = mesh::queue::Queue::new(config.concurrency, config.max_queue);
-    mesh::grpc::router(hash, shim, queue, fault).await
+    let queue = mesh::server::queue::Queue::new(config.concurrency, config.max_queue);
+    mesh::server::grpc::router(hash, shim, queue, fault).await
 }
 
 /// Serves hasher on `listener` until `shutdown`, reporting NOT_SERVING first.
@@ -331,7 +334,7 @@ pub async fn run(
         .start(config.fault_delay, config.fault_error_rate);
     let (health, app) = app(&config, fault).await;
     let admin = mesh::admin::Admin::new(shutdown.clone()).fault(switch);
-    mesh::grpc::serve_until(
+    mesh::server::grpc::serve_until(
         listener,
         app,
         health,

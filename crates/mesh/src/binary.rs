@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 
-use crate::command::{self, Command, Probe};
-use crate::{Shutdown, config, otlp, runtime, serve, shutdown, telemetry};
+use crate::admin::command::{self, Command, Probe};
+use crate::server::{serve, shutdown};
+use crate::telemetry::{self, otlp};
+use crate::{Shutdown, config, runtime};
 
 /// What [`main`] needs from a service's configuration besides its own settings.
 pub trait ServiceConfig: clap::Parser {

@@ -5,36 +5,20 @@
 //!
 //! `mesh` knows no service: services depend on it, never the other way round.
 
-pub mod accept;
 pub mod admin;
-pub mod admit;
-pub mod balance;
 pub mod binary;
-pub mod command;
+pub mod client;
 pub mod config;
-pub mod deadline;
-pub mod discovery;
-pub mod fault;
-pub mod forward;
-pub mod grpc;
-pub mod idle;
-pub mod limits;
-pub mod load;
-pub mod metrics;
-pub mod otlp;
-pub mod probe;
-pub mod queue;
+pub mod headers;
 pub mod redis;
 pub mod runtime;
-pub mod serve;
-pub mod shutdown;
+pub mod server;
 pub mod telemetry;
-pub mod trace;
 
-pub use command::Command;
-pub use limits::Limits;
-pub use serve::serve;
-pub use shutdown::Shutdown;
+pub use admin::command::Command;
+pub use server::limits::Limits;
+pub use server::serve::serve;
+pub use server::shutdown::Shutdown;
 
 /// This host's name, as the original banners showed it (the container id under Docker).
 pub fn hostname() -> String {

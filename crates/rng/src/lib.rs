@@ -5,7 +5,7 @@
 //! `curl` work. Every Generate and every shim request waits in one queue (`RNG_CONCURRENCY`, 1 by
 //! default) and takes `RNG_DELAY`: that is why ten workers only get about ten hashes a second.
 //! The queue holds at most `RNG_MAX_QUEUE` waiting requests; past that a call is refused at once,
-//! and a gRPC call leaves it when its deadline passes (see `mesh::queue`).
+//! and a gRPC call leaves it when its deadline passes (see `mesh::server::queue`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub struct Config {
     pub concurrency: usize,
     /// Requests that may wait in the queue; past it a call is refused at once
     /// (RESOURCE_EXHAUSTED, or 503 with Retry-After). 0: none wait.
-    #[arg(long, env = "RNG_MAX_QUEUE", default_value_t = mesh::queue::DEFAULT_MAX_WAITING, value_parser = mesh::queue::parse_max_waiting)]
+    #[arg(long, env = "RNG_MAX_QUEUE", default_value_t = mesh::server::queue::DEFAULT_MAX_WAITING, value_parser = mesh::server::queue::parse_max_waiting)]
     pub max_queue: usize,
     /// Largest number of bytes one request may ask for.
     #[arg(long, env = "RNG_MAX_SIZE", default_value_t = 1_048_576)]
@@ -51,14 +51,14 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// `off` removes the fault switch and refuses the start-up faults below.
     #[arg(long, env = "FAULT_INJECTION", default_value = "on", value_enum)]
-    pub fault_injection: mesh::fault::Injection,
+    pub fault_injection: mesh::admin::fault::Injection,
     /// Injected delay added to every request, to make this replica slow (see `rng fault`).
     #[arg(long, env = "RNG_FAULT_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub fault_delay: Duration,
     /// Injected share of requests that fail with UNAVAILABLE (or 503), from 0 to 1.
-    #[arg(long, env = "RNG_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::fault::parse_rate)]
+    #[arg(long, env = "RNG_FAULT_ERROR_RATE", default_value_t = 0.0, value_parser = mesh::admin::fault::parse_rate)]
     pub fault_error_rate: f64,
-    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    /// Limits of every listener (`LISTEN_*`; see `mesh::server::limits`).
     #[command(flatten)]
     pub limits: mesh::Limits,
     /// `healthcheck`, `fault` or `forward`, instead of serving.
@@ -67,7 +67,7 @@ pub struct Config {
 }
 
 impl mesh::binary::ServiceConfig for Config {
-    const PROBE: mesh::command::Probe = mesh::command::Probe::Grpc;
+    const PROBE: mesh::admin::command::Probe = mesh::admin::command::Probe::Grpc;
 
     fn listen(&self) -> SocketAddr {
         self.listen
@@ -208,7 +208,10 @@ async fn method_not_allowed() -> (StatusCode, &'static str) {
 /// gRPC (with health and reflection) and the HTTP shim, on one router.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
-pub async fn app(config: &Config, fault: mesh::fault::Fault) -> (mesh::grpc::Health, Router) {
+pub async fn app(
+    config: &Config,
+    fault: mesh::admin::fault::Fault,
+) -> (mesh::server::grpc::Health, Router) {
     let rng = Arc::new(Rng::new(config));
     // Requests are a few bytes; anything large is not a GenerateRequest.
     // Answers are at most RNG_MAX_SIZE bytes of data.
@@ -221,8 +224,8 @@ pub async fn app(config: &Config, fault: mesh::fault::Fault) -> (mesh::grpc::Hea
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rng);
     // One queue for Generate and the shim alike, as in the single-threaded original.
-    let queue = mesh::queue::Queue::new(config.concurrency, config.max_queue);
-    mesh::grpc::router(generate, shim, queue, fault).await
+    let queue = mesh::server::queue::Queue::new(config.concurrency, config.max_queue);
+    mesh::server::grpc::router(generate, shim, queue, fault).await
 }
 
 /// Serves rng on `listener` until `shutdown`, reporting NOT_SERVING first.
@@ -243,7 +246,7 @@ pub async fn run(
         .start(config.fault_delay, config.fault_error_rate);
     let (health, app) = app(&config, fault).await;
     let admin = mesh::admin::Admin::new(shutdown.clone()).fault(switch);
-    mesh::grpc::serve_until(
+    mesh::server::grpc::serve_until(
         listener,
         app,
         health,

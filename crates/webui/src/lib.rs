@@ -56,7 +56,7 @@ pub struct Config {
     /// Address of the admin listener: `/metrics`, `/healthz` and `/readyz`. Never published.
     #[arg(long, env = "WEBUI_ADMIN_LISTEN", default_value = "0.0.0.0:9003")]
     pub admin_listen: SocketAddr,
-    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    /// Limits of every listener (`LISTEN_*`; see `mesh::server::limits`).
     #[command(flatten)]
     pub limits: mesh::Limits,
     /// `healthcheck` or `forward`, instead of serving.
@@ -65,7 +65,7 @@ pub struct Config {
 }
 
 impl mesh::binary::ServiceConfig for Config {
-    const PROBE: mesh::command::Probe = mesh::command::Probe::Http("/healthz");
+    const PROBE: mesh::admin::command::Probe = mesh::admin::command::Probe::Http("/healthz");
 
     fn listen(&self) -> SocketAddr {
         self.listen
@@ -144,7 +144,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(assets::routes())
         .route("/json", get(json))
-        .route_layer(mesh::metrics::RecordLayer)
+        .route_layer(mesh::telemetry::metrics::RecordLayer)
         // After the routes: it applies to those already added.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -167,7 +167,7 @@ pub async fn run(
         state.board.clone(),
         sampling.clone(),
     ));
-    let admin_listener = mesh::serve::bind(config.admin_listen).await?;
+    let admin_listener = mesh::server::serve::bind(config.admin_listen).await?;
     let admin = mesh::admin::Admin::new(shutdown.clone()).router();
     let served = tokio::try_join!(
         mesh::serve(listener, app(state), &config.limits, shutdown.clone()),
@@ -333,7 +333,7 @@ mod tests {
             "redis://127.0.0.1:1",
         ])
         .unwrap();
-        let listener = mesh::serve::bind(config.listen).await.unwrap();
+        let listener = mesh::server::serve::bind(config.listen).await.unwrap();
         let shutdown = Shutdown::new();
         let running = tokio::spawn(run(config, listener, shutdown.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -1,5 +1,5 @@
 //! The `webui` binary: parse the configuration, bind, serve until SIGTERM/SIGINT; or run a
-//! subcommand (`healthcheck`, the container probe; `forward`, see `mesh::forward`).
+//! subcommand (`healthcheck`, the container probe; `forward`, see `mesh::server::forward`).
 
 use std::process::ExitCode;
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use dockercoins::hasher::v1::hasher_service_client::HasherServiceClient;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
-use mesh::balance::{self, Balanced, Policy};
-use mesh::discovery::{self, ChannelSettings, Endpoints, parse_endpoints};
+use mesh::client::balance::{self, Balanced, Policy};
+use mesh::client::discovery::{self, ChannelSettings, Endpoints, parse_endpoints};
 use tokio::task::AbortHandle;
 use tracing::info;
 
@@ -75,7 +75,7 @@ pub struct Config {
     /// Deadline of each call to rng or hasher (rng's queue alone can hold ten workers ~1 s).
     #[arg(long, env = "WORKER_RPC_TIMEOUT", default_value = "5s", value_parser = mesh::config::parse_interval)]
     pub rpc_timeout: Duration,
-    /// Limits of every listener (`LISTEN_*`; see `mesh::limits`).
+    /// Limits of every listener (`LISTEN_*`; see `mesh::server::limits`).
     #[command(flatten)]
     pub limits: mesh::Limits,
     /// `healthcheck` or `forward`, instead of serving.
@@ -84,7 +84,7 @@ pub struct Config {
 }
 
 impl mesh::binary::ServiceConfig for Config {
-    const PROBE: mesh::command::Probe = mesh::command::Probe::Http("/healthz");
+    const PROBE: mesh::admin::command::Probe = mesh::admin::command::Probe::Http("/healthz");
 
     fn listen(&self) -> SocketAddr {
         self.admin_listen
@@ -175,7 +175,7 @@ pub async fn run(
         difficulty = config.difficulty,
         "worker starting"
     );
-    mesh::metrics::install();
+    mesh::telemetry::metrics::install();
     // One connection for the counts' flush, one for the golden metrics, one spare.
     let pool = mesh::redis::pool(&config.redis_url, 3)?;
     let (rng, rng_discovery) = balanced(
@@ -241,7 +241,9 @@ pub async fn run(
     // Miners return as soon as shutdown starts; once they are gone the tally no longer moves, and
     // the flusher has the rest of the second to land it.
     while miners.join_next().await.is_some() {}
-    flusher.drain(&tally, mesh::shutdown::DRAIN_DEADLINE).await;
+    flusher
+        .drain(&tally, mesh::server::shutdown::DRAIN_DEADLINE)
+        .await;
     golden.await?;
     // The last second's calls, once the miners are gone; only if Redis just took the counts, so
     // that an outage does not stretch the shutdown past its second.

@@ -1,5 +1,5 @@
 //! The `worker` binary: parse the configuration, mine until SIGTERM/SIGINT, flush, exit; or run a
-//! subcommand (`healthcheck`, the container probe; `forward`, see `mesh::forward`).
+//! subcommand (`healthcheck`, the container probe; `forward`, see `mesh::server::forward`).
 
 use std::process::ExitCode;
 

@@ -18,8 +18,8 @@ use dockercoins::hasher::v1::{HashBatchRequest, HashRequest};
 use dockercoins::rng::v1::GenerateRequest;
 use dockercoins::rng::v1::rng_service_client::RngServiceClient;
 use dockercoins::rng::v1::rng_service_server;
-use mesh::balance::Balanced;
-use mesh::trace::TraceContext;
+use mesh::client::balance::Balanced;
+use mesh::telemetry::trace::TraceContext;
 use tracing::{Instrument as _, debug, info, warn};
 
 use crate::golden::Golden;
@@ -72,7 +72,7 @@ pub struct Mined {
 impl Backends {
     /// Does one unit of work, or `batch` of them, in one trace.
     pub async fn mine(&mut self) -> Result<Mined, UnitError> {
-        let unit = mesh::trace::unit_span(self.batch);
+        let unit = mesh::telemetry::trace::unit_span(self.batch);
         // Exported, the unit's span starts the trace; else a trace of our own, for the logs.
         let trace = TraceContext::of(&unit).unwrap_or_default();
         tracing::debug!(trace_id = %trace.trace_id(), "unit of work");
@@ -92,7 +92,7 @@ impl Backends {
             let golden = self.golden.clone();
             async move {
                 let started = Instant::now();
-                let result = mesh::trace::call(
+                let result = mesh::telemetry::trace::call(
                     rng_service_server::SERVICE_NAME,
                     "Generate",
                     trace,
@@ -121,7 +121,7 @@ impl Backends {
                 let golden = self.golden.clone();
                 async move {
                     let started = Instant::now();
-                    let result = mesh::trace::call(
+                    let result = mesh::telemetry::trace::call(
                         hasher_service_server::SERVICE_NAME,
                         "Hash",
                         trace,
@@ -150,7 +150,7 @@ impl Backends {
                 let golden = self.golden.clone();
                 async move {
                     let started = Instant::now();
-                    let result = mesh::trace::call(
+                    let result = mesh::telemetry::trace::call(
                         hasher_service_server::SERVICE_NAME,
                         "HashBatch",
                         trace,
@@ -196,7 +196,7 @@ impl Backends {
 fn served_by<T>(service: &'static str, response: &tonic::Response<T>) -> Replica {
     let replica = response
         .metadata()
-        .get(mesh::grpc::SERVED_BY)
+        .get(mesh::headers::SERVED_BY)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("unknown")
         .to_string();
@@ -220,7 +220,7 @@ fn record_call<T>(
         Err(status) => status.metadata(),
     };
     let replica = metadata
-        .get(mesh::grpc::SERVED_BY)
+        .get(mesh::headers::SERVED_BY)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("unknown");
     golden.record(service, replica, elapsed, result.is_ok());
@@ -319,7 +319,7 @@ mod tests {
     fn a_failed_call_is_counted_against_the_replica_that_answered() {
         let golden = Golden::default();
         let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert(mesh::grpc::SERVED_BY, "rng-c".parse().unwrap());
+        metadata.insert(mesh::headers::SERVED_BY, "rng-c".parse().unwrap());
         let failed: Result<tonic::Response<()>, _> = Err(tonic::Status::with_metadata(
             tonic::Code::Unavailable,
             "injected fault",

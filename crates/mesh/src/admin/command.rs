@@ -16,7 +16,7 @@ pub enum Command {
         #[arg(long)]
         delay: Option<String>,
         /// Share of requests that fail, from 0 to 1.
-        #[arg(long, value_parser = crate::fault::parse_rate)]
+        #[arg(long, value_parser = crate::admin::fault::parse_rate)]
         error_rate: Option<f64>,
         /// Removes every fault (the same as `--delay 0s --error-rate 0`).
         #[arg(long, conflicts_with_all = ["delay", "error_rate"])]
@@ -24,7 +24,7 @@ pub enum Command {
     },
     /// Forwards TCP connections from the listen address to every replica behind a DNS name.
     ///
-    /// Publishes a scaled service on one host port (see `crate::forward`).
+    /// Publishes a scaled service on one host port (see `crate::server::forward`).
     Forward {
         /// `host:port` of the replicas, re-resolved for every connection.
         #[arg(long)]
@@ -62,10 +62,10 @@ pub async fn run(
         None => Ok(None),
         Some(Command::Healthcheck) => {
             let outcome = match probe {
-                Probe::Grpc => crate::probe::grpc(addresses.listen, "").await,
-                Probe::Http(path) => crate::probe::http(addresses.admin, path).await,
+                Probe::Grpc => crate::admin::probe::grpc(addresses.listen, "").await,
+                Probe::Http(path) => crate::admin::probe::http(addresses.admin, path).await,
             };
-            Ok(Some(crate::probe::exit(outcome)))
+            Ok(Some(crate::admin::probe::exit(outcome)))
         }
         Some(Command::Fault {
             delay,
@@ -86,7 +86,7 @@ pub async fn run(
             } else {
                 None
             };
-            let outcome = crate::probe::fault(addresses.admin, change).await;
+            let outcome = crate::admin::probe::fault(addresses.admin, change).await;
             Ok(Some(match outcome {
                 Ok(answer) => {
                     println!("{answer}");
@@ -100,9 +100,9 @@ pub async fn run(
         }
         Some(Command::Forward { to }) => {
             crate::telemetry::init(None);
-            let shutdown = crate::shutdown::on_signal();
-            let listener = crate::serve::bind(addresses.listen).await?;
-            crate::forward::run(listener, to.clone(), limits, shutdown).await?;
+            let shutdown = crate::server::shutdown::on_signal();
+            let listener = crate::server::serve::bind(addresses.listen).await?;
+            crate::server::forward::run(listener, to.clone(), limits, shutdown).await?;
             Ok(Some(ExitCode::SUCCESS))
         }
     }

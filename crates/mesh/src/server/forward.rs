@@ -21,9 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
 use crate::Shutdown;
-use crate::accept::{Accepted, Acceptor};
-use crate::idle::{Activity, Tracked};
-use crate::limits::Limits;
+use crate::server::accept::{Accepted, Acceptor};
+use crate::server::idle::{Activity, Tracked};
+use crate::server::limits::Limits;
 
 /// Deadline to connect to one replica before trying the next.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(1);

@@ -41,7 +41,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::queue::{Refusal, refusal};
+use crate::server::queue::{Refusal, refusal};
 
 /// The length prefix of a gRPC message: a compression flag, then the length as a big-endian u32.
 const GRPC_PREFIX: usize = 5;
@@ -145,7 +145,7 @@ where
         let inner = self.inner.clone();
         let admission = self.admission.clone();
         Box::pin(async move {
-            let grpc = crate::grpc::is_grpc(request.headers());
+            let grpc = crate::headers::is_grpc(request.headers());
             let (request, size) = if grpc {
                 peek_grpc_length(request).await
             } else {

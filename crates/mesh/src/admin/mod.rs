@@ -5,13 +5,13 @@
 //! observes or steers a process lives here instead: `GET /metrics`, `GET /healthz` (liveness),
 //! `GET /readyz` (readiness), and on rng and hasher the fault switch (`GET` and `POST
 //! /admin/fault`). No deployment publishes this port; `docker-compose exec rng rng fault …` reaches
-//! it from inside the container (see `crate::command`).
+//! it from inside the container (see `crate::admin::command`).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -19,7 +19,11 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::Shutdown;
-use crate::fault::Fault;
+use fault::Fault;
+
+pub mod command;
+pub mod fault;
+pub mod probe;
 
 /// Whether the process can do its work; `Err` holds the one-line reason it cannot.
 pub type Liveness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -76,7 +80,7 @@ impl Admin {
             .route("/readyz", get(readyz))
             .merge(fault)
             .with_state(self)
-            .merge(crate::metrics::routes())
+            .merge(crate::telemetry::metrics::routes())
             .fallback(not_found)
     }
 }
@@ -123,15 +127,6 @@ pub async fn serve(
     crate::serve(listener, router, limits, shutdown)
         .instrument(tracing::info_span!("admin"))
         .await
-}
-
-/// Whether a request says its body is JSON (`application/json`, parameters allowed).
-pub(crate) fn is_json(request: &http::HeaderMap) -> bool {
-    request
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("application/json"))
 }
 
 #[cfg(test)]
@@ -190,19 +185,5 @@ mod tests {
         let (status, body) = call(Admin::new(Shutdown::new()).router(), get("/nope")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.starts_with("no such path: /nope"), "{body}");
-    }
-
-    #[test]
-    fn json_is_recognised_with_parameters_and_in_any_case() {
-        let headers = |value: &str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
-            headers
-        };
-        assert!(is_json(&headers("application/json")));
-        assert!(is_json(&headers("Application/JSON; charset=utf-8")));
-        assert!(!is_json(&headers("text/plain")));
-        assert!(!is_json(&headers("application/x-www-form-urlencoded")));
-        assert!(!is_json(&http::HeaderMap::new()));
     }
 }

@@ -10,6 +10,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::headers::{SERVED_BY, is_grpc};
+
 /// The services every gRPC server of the mesh serves beside its own.
 const PROBE_SERVICES: [&str; 3] = [
     "grpc.health.v1.Health",
@@ -107,8 +109,8 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
 pub async fn router<S>(
     service: S,
     shim: axum::Router,
-    queue: crate::queue::Queue,
-    fault: crate::fault::Fault,
+    queue: crate::server::queue::Queue,
+    fault: crate::admin::fault::Fault,
 ) -> (Health, axum::Router)
 where
     S: tower::Service<
@@ -127,16 +129,16 @@ where
     let shim = shim.layer(queue);
     let app = shim
         .merge(grpc)
-        // Injected faults delay or fail a request before it queues (see `crate::fault`).
+        // Injected faults delay or fail a request before it queues (see `crate::admin::fault`).
         .route_layer(fault.clone())
-        .route_layer(crate::metrics::RecordLayer)
+        .route_layer(crate::telemetry::metrics::RecordLayer)
         // `/metrics` and the fault switch are on the admin port (`crate::admin`): nothing a
         // client sends here changes the service.
         .fallback(fallback)
-        // A debug span per request, with the caller's trace id (see `crate::trace`).
+        // A debug span per request, with the caller's trace id (see `crate::telemetry::trace`).
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(crate::trace::request_span),
+                .make_span_with(crate::telemetry::trace::request_span),
         )
         // Outermost: every answer, gRPC (as response metadata) or HTTP, says which replica gave
         // it, so that clients and people can see the load spread.
@@ -146,16 +148,6 @@ where
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
         ));
     (health, app)
-}
-
-/// The response header (gRPC metadata) naming the replica that answered.
-pub const SERVED_BY: &str = "x-served-by";
-
-/// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto`, …).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Answers requests that match no route: gRPC's UNIMPLEMENTED for gRPC clients, and a 404 with a
@@ -176,7 +168,7 @@ pub async fn fallback(request: axum::extract::Request) -> axum::response::Respon
 }
 
 /// Serves a gRPC server's `app` on `listener`, and `admin` on `admin_listen`, until `shutdown`:
-/// on the signal, reports NOT_SERVING first, then drains (see [`crate::serve`]).
+/// on the signal, reports NOT_SERVING first, then drains (see [`crate::server::serve`]).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -185,7 +177,7 @@ pub async fn serve_until(
     limits: &crate::Limits,
     shutdown: crate::Shutdown,
 ) -> anyhow::Result<()> {
-    let admin_listener = crate::serve::bind(admin_listen).await?;
+    let admin_listener = crate::server::serve::bind(admin_listen).await?;
     let reporter = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -1,7 +1,7 @@
 //! Export of traces over OTLP/gRPC, when OpenTelemetry's standard variables ask for it.
 //!
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns it on; unset, no
-//! exporter, no thread and no OpenTelemetry layer exist, and the spans of `crate::trace` stay the
+//! exporter, no thread and no OpenTelemetry layer exist, and the spans of `crate::telemetry::trace` stay the
 //! debug-only spans they are without it. `OTEL_SERVICE_NAME` names the process (the binary's name
 //! by default), `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` sample as the SDK reads them;
 //! the other `OTEL_*` variables (`OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `_HEADERS`,
@@ -26,7 +26,7 @@ pub const ENDPOINT_VARIABLES: [&str; 2] = [
 ];
 
 /// How long shutdown waits for the last spans to leave: the process still ends within its second
-/// after the 700 ms drain (see `crate::shutdown`), even when the collector is gone.
+/// after the 700 ms drain (see `crate::server::shutdown`), even when the collector is gone.
 pub const FLUSH_DEADLINE: Duration = Duration::from_millis(200);
 
 /// The samplers the SDK knows; it would fall back to always-on for any other name, silently for

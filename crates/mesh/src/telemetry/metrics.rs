@@ -120,7 +120,7 @@ where
         let route = match request.extensions().get::<MatchedPath>() {
             Some(matched)
                 if matched.as_str().ends_with(GRPC_SERVICE_ROUTE)
-                    && crate::grpc::is_grpc(request.headers()) =>
+                    && crate::headers::is_grpc(request.headers()) =>
             {
                 Route::Grpc(request.uri().path().into())
             }

@@ -176,7 +176,7 @@ async fn change(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !crate::admin::is_json(&headers) {
+    if !crate::headers::is_json(&headers) {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json\n",
@@ -266,7 +266,7 @@ where
 
 /// UNAVAILABLE for a gRPC call, 503 for an HTTP request.
 fn injected_failure(request: &Request) -> Response {
-    if crate::grpc::is_grpc(request.headers()) {
+    if crate::headers::is_grpc(request.headers()) {
         return tonic::Status::unavailable("injected fault").into_http::<axum::body::Body>();
     }
     (StatusCode::SERVICE_UNAVAILABLE, "injected fault\n").into_response()

@@ -10,7 +10,7 @@
 //! `dockercoins_queue_wait_seconds` (how long each waited) in `/metrics`, and on every answer
 //! (gRPC response metadata) the headers `x-queue-depth` (how many wait behind it) and
 //! `x-queue-wait-ms` (how long it waited). The worker's balancer takes the wait out of the
-//! latency it measures, so that it tells a slow replica from a busy one (see `crate::load`).
+//! latency it measures, so that it tells a slow replica from a busy one (see `crate::client::load`).
 //!
 //! The queue is bounded: at most `max_waiting` requests wait, and the next one is refused at once
 //! (gRPC RESOURCE_EXHAUSTED, HTTP 503 with `Retry-After: 1`), so that a flood of callers costs
@@ -256,17 +256,17 @@ where
     fn call(&mut self, request: http::Request<RB>) -> Self::Future {
         let inner = self.inner.clone();
         let shared = self.shared.clone();
-        let grpc = crate::grpc::is_grpc(request.headers());
+        let grpc = crate::headers::is_grpc(request.headers());
         let deadline = grpc
-            .then(|| crate::deadline::grpc_timeout(request.headers()))
+            .then(|| crate::server::deadline::grpc_timeout(request.headers()))
             .flatten()
             .map(|timeout| tokio::time::Instant::now() + timeout);
         Box::pin(async move {
             let queued = Instant::now();
-            // The wait shows in the request's trace (see `crate::trace`).
-            let turn = shared
-                .take_turn(deadline)
-                .instrument(tracing::debug_span!(target: crate::trace::TARGET, "queue wait"));
+            // The wait shows in the request's trace (see `crate::telemetry::trace`).
+            let turn = shared.take_turn(deadline).instrument(
+                tracing::debug_span!(target: crate::telemetry::trace::TARGET, "queue wait"),
+            );
             let permit = match turn.await {
                 Ok(permit) => permit,
                 Err(refused) => return Ok(refused.answer(grpc)),
@@ -388,7 +388,7 @@ mod tests {
         );
         if let Some(timeout) = timeout {
             headers.insert(
-                crate::deadline::GRPC_TIMEOUT,
+                crate::server::deadline::GRPC_TIMEOUT,
                 http::HeaderValue::from_static(timeout),
             );
         }
@@ -536,7 +536,7 @@ mod tests {
         let service = queue.service(slow(Duration::from_secs(1)));
         let mut request = http_request();
         request.headers_mut().insert(
-            crate::deadline::GRPC_TIMEOUT,
+            crate::server::deadline::GRPC_TIMEOUT,
             http::HeaderValue::from_static("1m"),
         );
         let response = service.oneshot(request).await.unwrap();

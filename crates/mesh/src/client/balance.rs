@@ -1,9 +1,9 @@
-//! Client-side load balancing over the replicas [`crate::discovery`] finds.
+//! Client-side load balancing over the replicas [`crate::client::discovery`] finds.
 //!
 //! Three policies, so that the workshop can show the problem and the fix:
 //! - `p2c` (default): tower's power-of-two-choices balancer over a PeakEwma-style load measure.
 //!   Each call goes to the less loaded of two replicas: the next two in turn (see
-//!   [`crate::load`] for why not two at random), so that calls go round the replicas and a slow
+//!   [`crate::client::load`] for why not two at random), so that calls go round the replicas and a slow
 //!   one is skipped.
 //! - `pick_first`: every call to the first serving replica (by address), as a plain gRPC channel
 //!   to a service name behaves: the pinning problem.
@@ -29,7 +29,7 @@ use tower::discover::{Change, Discover};
 use tower::util::BoxService;
 use tower::{BoxError, Service};
 
-use crate::load::{Measured, Rotation};
+use crate::client::load::{Measured, Rotation};
 
 /// How calls are spread over the replicas.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! `RUST_LOG=debug` on all three shows one unit's path through the mesh under one id. No tracing
 //! backend is needed to follow it.
 //!
-//! The same spans are what OpenTelemetry exports when `crate::otlp` is on: the worker's `unit`
+//! The same spans are what OpenTelemetry exports when `crate::telemetry::otlp` is on: the worker's `unit`
 //! span, a client span per call ([`call`]), rng's and hasher's server spans ([`request_span`],
 //! children of the caller's client span through `traceparent`) and rng's wait in its queue. They
 //! all have the target [`TARGET`] at debug level, so that without export and below debug they
@@ -177,7 +177,7 @@ where
         Ok(response) => {
             if let Some(replica) = response
                 .metadata()
-                .get(crate::grpc::SERVED_BY)
+                .get(crate::headers::SERVED_BY)
                 .and_then(|value| value.to_str().ok())
             {
                 span.record("server.address", replica);
@@ -207,7 +207,7 @@ pub fn request_span(request: &Request) -> Span {
     let trace_id = parent.map(|context| context.trace_id());
     let trace_id = trace_id.as_deref().unwrap_or("-");
     let path = request.uri().path();
-    let span = match crate::grpc::is_grpc(request.headers())
+    let span = match crate::headers::is_grpc(request.headers())
         .then(|| path.trim_start_matches('/').split_once('/'))
         .flatten()
     {
@@ -293,7 +293,7 @@ mod tests {
                 let mut response = tonic::Response::new(());
                 response
                     .metadata_mut()
-                    .insert(crate::grpc::SERVED_BY, "rng-7".parse().unwrap());
+                    .insert(crate::headers::SERVED_BY, "rng-7".parse().unwrap());
                 Ok(response)
             },
         )

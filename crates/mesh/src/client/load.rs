@@ -16,7 +16,7 @@
 //!   PeakEwma's: a slower one replaces it at once, and it fades over `decay`, also while the
 //!   replica is unused, so that a replica that was slow is tried again later.
 //! - The latency is the replica's own pace: what the call took, less the time it waited in the
-//!   replica's queue, which the replica reports (`x-queue-wait-ms`, see `crate::queue`). A replica
+//!   replica's queue, which the replica reports (`x-queue-wait-ms`, see `crate::server::queue`). A replica
 //!   with a queue is busy, not slow; the rotation already spreads that. Acting on queue waits
 //!   (or on the queue depth each replica reports) was measured to make things worse, 22.5–25.7
 //!   hashes/s: that information is stale by the time a worker calls again.
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use tower::Service;
 use tower::load::Load;
 
-use crate::queue::QUEUE_WAIT;
+use crate::server::queue::QUEUE_WAIT;
 
 /// Costs closer than this factor are a tie, decided by the rotation: the replicas of one service
 /// are alike, and their own pace varies by far less; +500 ms on 100 is six times slower.

@@ -1,6 +1,6 @@
 //! Tracing set-up shared by every service: `RUST_LOG` sets the levels (info by default) and
 //! `LOG_FORMAT=json` switches to one JSON object per line for log collectors. With an OTLP
-//! exporter (see `crate::otlp`), the spans of `crate::trace` are exported too.
+//! exporter (see `crate::telemetry::otlp`), the spans of `crate::telemetry::trace` are exported too.
 
 use std::io::IsTerminal;
 
@@ -14,7 +14,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 ///
 /// Colours are used only when stderr is a terminal, so `docker-compose logs` and test captures
 /// read as plain text.
-pub fn init(exporter: Option<&crate::otlp::Exporter>) {
+pub fn init(exporter: Option<&crate::telemetry::otlp::Exporter>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
     let ansi = std::io::stderr().is_terminal();
@@ -50,7 +50,7 @@ pub fn init(exporter: Option<&crate::otlp::Exporter>) {
         .with_tracked_inactivity(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new()
-                .with_target(crate::trace::TARGET, tracing::Level::DEBUG),
+                .with_target(crate::telemetry::trace::TARGET, tracing::Level::DEBUG),
         );
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))

@@ -4,8 +4,8 @@
 //! TLS) at the same port. hyper-util's `auto` connection builder detects the protocol of each
 //! connection, and tonic's services are axum routes, so one router and one listener serve both.
 //! axum's own `serve` gives hyper no timer, so it could set no timeout; this one sets every limit
-//! of [`Limits`] (see `crate::limits`), closes idle connections (see `crate::idle`) and caps the
-//! open connections (see `crate::accept`).
+//! of [`Limits`] (see `crate::server::limits`), closes idle connections (see `crate::server::idle`) and caps the
+//! open connections (see `crate::server::accept`).
 
 use std::io;
 use std::sync::Arc;
@@ -19,10 +19,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::accept::{Accepted, Acceptor};
-use crate::idle::{Activity, Tracked};
-use crate::limits::Limits;
-use crate::shutdown::{DRAIN_DEADLINE, Shutdown};
+use crate::server::accept::{Accepted, Acceptor};
+use crate::server::idle::{Activity, Tracked};
+use crate::server::limits::Limits;
+use crate::server::shutdown::{DRAIN_DEADLINE, Shutdown};
 
 /// Serves `app` on `listener` under `limits` until `shutdown` is cancelled, then drains
 /// in-flight requests for at most [`DRAIN_DEADLINE`].

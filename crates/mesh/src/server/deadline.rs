@@ -2,7 +2,7 @@
 //!
 //! tonic honours `grpc-timeout` only inside its own `transport::Server`; the mesh serves tonic's
 //! services as axum routes, so it reads the header itself. The request queue uses it: a call
-//! whose caller has already given up is not worth a turn (see `crate::queue`).
+//! whose caller has already given up is not worth a turn (see `crate::server::queue`).
 //!
 //! The format (gRPC over HTTP/2 spec): at most 8 ASCII digits, then one unit, `H` hours, `M`
 //! minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds. A header that does

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::limits::Limits;
+use crate::server::limits::Limits;
 
 /// One accepted connection and its slot under the cap; the slot frees when it is dropped.
 pub struct Accepted {
