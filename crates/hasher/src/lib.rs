@@ -94,11 +94,11 @@ impl mesh::binary::ServiceConfig for Config {
         self.command.as_ref()
     }
 
-    fn validate(&self) -> Result<(), String> {
-        self.fault_injection.check([
+    fn validate(&self) -> Result<(), Box<dyn std::error::Error>> {
+        Ok(self.fault_injection.check([
             ("HASHER_FAULT_DELAY", !self.fault_delay.is_zero()),
             ("HASHER_FAULT_ERROR_RATE", self.fault_error_rate > 0.0),
-        ])
+        ])?)
     }
 }
 
@@ -342,7 +342,8 @@ pub async fn run(
         &config.limits,
         shutdown,
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -29,24 +29,28 @@ pub trait ServiceConfig: clap::Parser {
     /// The subcommand asked for, if any.
     fn command(&self) -> Option<&Command>;
 
-    /// Checks what clap cannot check one setting at a time, as one line naming the variables.
-    fn validate(&self) -> Result<(), String> {
+    /// Checks what clap cannot check one setting at a time; the error is one line naming the
+    /// variables.
+    fn validate(&self) -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     }
 }
 
 /// Runs a service binary: parses and checks `C` (or exits with status 2 and one line), runs its
 /// subcommand if one was given, else binds [`ServiceConfig::listen`] and hands the listener to
-/// `serve`.
-pub fn main<C, F, Fut>(serve: F) -> anyhow::Result<ExitCode>
+/// `serve`. Errors are the service's own type (the binaries use `anyhow`), which must take in the
+/// I/O errors of binding and of the subcommands.
+pub fn main<C, F, Fut, E>(serve: F) -> Result<ExitCode, E>
 where
     C: ServiceConfig,
     F: FnOnce(C, TcpListener, Shutdown) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<std::io::Error>,
 {
     let config: C = config::parse();
     let (traces, runtime) = config
         .validate()
+        .map_err(|err| err.to_string())
         .and_then(|()| otlp::Settings::from_env(<C as clap::CommandFactory>::command().get_name()))
         .and_then(|traces| Ok((traces, runtime::build()?)))
         .unwrap_or_else(|line| config::exit_invalid::<C>(&line));

@@ -57,7 +57,7 @@ pub async fn run(
     addresses: Addresses,
     limits: &crate::Limits,
     probe: Probe,
-) -> anyhow::Result<Option<ExitCode>> {
+) -> std::io::Result<Option<ExitCode>> {
     match command {
         None => Ok(None),
         Some(Command::Healthcheck) => {

@@ -45,14 +45,23 @@ impl Injection {
 
     /// Refuses start-up faults while injection is off: `settings` are the variables' names and
     /// whether each is set to something other than "no fault".
-    pub fn check(self, settings: [(&str, bool); 2]) -> Result<(), String> {
+    pub fn check(self, settings: [(&'static str, bool); 2]) -> Result<(), Invalid> {
         match settings.iter().find(|(_, set)| *set) {
-            Some((name, _)) if self == Injection::Off => {
-                Err(format!("{name} is set but FAULT_INJECTION=off"))
-            }
+            Some((name, _)) if self == Injection::Off => Err(Invalid::SetWhileOff(name)),
             _ => Ok(()),
         }
     }
+}
+
+/// Why a fault setting is refused, as one line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    #[error("error rate {0} is not between 0 and 1")]
+    RateOutOfRange(f64),
+    #[error("{0} is set but FAULT_INJECTION=off")]
+    SetWhileOff(&'static str),
 }
 
 /// The fault in force.
@@ -94,7 +103,7 @@ struct Shown {
 }
 
 impl Fault {
-    pub fn new(setting: Setting) -> Result<Self, String> {
+    pub fn new(setting: Setting) -> Result<Self, Invalid> {
         check_rate(setting.error_rate)?;
         let fault = Self::default();
         fault.set(setting);
@@ -144,19 +153,19 @@ impl Fault {
 }
 
 /// A clap value parser for error rates.
-pub fn parse_rate(raw: &str) -> Result<f64, String> {
+pub fn parse_rate(raw: &str) -> Result<f64, Invalid> {
     let rate: f64 = raw
         .parse()
-        .map_err(|_| format!("{raw:?} is not a number"))?;
+        .map_err(|_| Invalid::NotANumber(raw.to_string()))?;
     check_rate(rate)?;
     Ok(rate)
 }
 
-fn check_rate(rate: f64) -> Result<(), String> {
+fn check_rate(rate: f64) -> Result<(), Invalid> {
     if (0.0..=1.0).contains(&rate) {
         Ok(())
     } else {
-        Err(format!("error rate {rate} is not between 0 and 1"))
+        Err(Invalid::RateOutOfRange(rate))
     }
 }
 
@@ -200,7 +209,7 @@ async fn change(
     }
     if let Some(rate) = change.error_rate {
         if let Err(reason) = check_rate(rate) {
-            return refuse(reason);
+            return refuse(reason.to_string());
         }
         setting.error_rate = rate;
     }
@@ -330,9 +339,10 @@ mod tests {
     #[test]
     fn faults_set_at_start_are_refused_when_injection_is_off() {
         let settings = [("RNG_FAULT_DELAY", true), ("RNG_FAULT_ERROR_RATE", false)];
+        let refused = Injection::Off.check(settings).unwrap_err();
         assert_eq!(
-            Injection::Off.check(settings),
-            Err("RNG_FAULT_DELAY is set but FAULT_INJECTION=off".to_string())
+            refused.to_string(),
+            "RNG_FAULT_DELAY is set but FAULT_INJECTION=off"
         );
         assert_eq!(Injection::On.check(settings), Ok(()));
         assert_eq!(Injection::Off.check([("A", false), ("B", false)]), Ok(()));

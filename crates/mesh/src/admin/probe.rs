@@ -16,6 +16,39 @@ use tonic_health::pb::health_client::HealthClient;
 /// Deadline of the whole check, well inside Docker's healthcheck timeout.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
+/// Why a probe failed, as the one line `healthcheck` and `fault` print.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("health check failed: {}", .0.message())]
+    Check(tonic::Status),
+    #[error("{service:?} is {status}")]
+    NotServing {
+        service: String,
+        status: &'static str,
+    },
+    #[error("cannot {method} {path} on {addr}: {reason}")]
+    Request {
+        method: http::Method,
+        path: String,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("{method} {path} answered {status}: {body}")]
+    Answer {
+        method: http::Method,
+        path: String,
+        status: http::StatusCode,
+        body: String,
+    },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Where to reach a server that listens on `listen` from the same host: a wildcard address
 /// (`0.0.0.0`, `::`) is reached on loopback.
 pub fn local_addr(listen: SocketAddr) -> SocketAddr {
@@ -28,63 +61,61 @@ pub fn local_addr(listen: SocketAddr) -> SocketAddr {
 }
 
 /// Asks the gRPC health service at `listen` whether `service` is SERVING.
-pub async fn grpc(listen: SocketAddr, service: &str) -> Result<(), String> {
+pub async fn grpc(listen: SocketAddr, service: &str) -> Result<(), ProbeError> {
     let addr = local_addr(listen);
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|err| err.to_string())?
-            .connect()
-            .await
-            .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
+        let channel = tonic::transport::Endpoint::from(
+            http::Uri::try_from(format!("http://{addr}")).expect("a socket address makes a URI"),
+        )
+        .connect()
+        .await
+        .map_err(|source| ProbeError::Connect { addr, source })?;
         let request = HealthCheckRequest {
             service: service.to_string(),
         };
         let response = HealthClient::new(channel)
             .check(request)
             .await
-            .map_err(|status| format!("health check failed: {}", status.message()))?;
+            .map_err(ProbeError::Check)?;
         match response.into_inner().status() {
             ServingStatus::Serving => Ok(()),
-            other => Err(format!("{service} is {}", other.as_str_name())),
+            other => Err(ProbeError::NotServing {
+                service: service.to_string(),
+                status: other.as_str_name(),
+            }),
         }
     };
     within_deadline(check).await
 }
 
 /// GETs `path` at `listen` and expects 200.
-pub async fn http(listen: SocketAddr, path: &str) -> Result<(), String> {
-    let (status, body) = within_deadline(request(listen, http::Method::GET, path, None)).await?;
-    match status {
-        http::StatusCode::OK => Ok(()),
-        status => Err(format!("GET {path} answered {status}: {}", body.trim_end())),
-    }
+pub async fn http(listen: SocketAddr, path: &str) -> Result<(), ProbeError> {
+    within_deadline(request(listen, http::Method::GET, path, None))
+        .await
+        .map(drop)
 }
 
 /// Shows (`change` = `None`) or changes the fault switch on the admin port at `admin`, and returns
 /// its answer: the setting in force.
-pub async fn fault(admin: SocketAddr, change: Option<serde_json::Value>) -> Result<String, String> {
+pub async fn fault(
+    admin: SocketAddr,
+    change: Option<serde_json::Value>,
+) -> Result<String, ProbeError> {
     let method = match change {
         Some(_) => http::Method::POST,
         None => http::Method::GET,
     };
-    let (status, body) = within_deadline(request(admin, method, "/admin/fault", change)).await?;
-    match status {
-        http::StatusCode::OK => Ok(body.trim_end().to_string()),
-        status => Err(format!(
-            "/admin/fault answered {status}: {}",
-            body.trim_end()
-        )),
-    }
+    within_deadline(request(admin, method, "/admin/fault", change)).await
 }
 
 /// One HTTP/1 request to the server at `listen` (reached on loopback when it listens on a
-/// wildcard address), with `json` as its body if given; returns the status and the body.
+/// wildcard address), with `json` as its body if given; returns the body of a 200 answer.
 async fn request(
     listen: SocketAddr,
     method: http::Method,
     path: &str,
     json: Option<serde_json::Value>,
-) -> Result<(http::StatusCode, String), String> {
+) -> Result<String, ProbeError> {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
@@ -101,33 +132,46 @@ async fn request(
         }
         None => Full::default(),
     };
-    let request = request
-        .body(body)
-        .map_err(|err| format!("bad address {addr}: {err}"))?;
+    let failed = |reason: String| ProbeError::Request {
+        method: method.clone(),
+        path: path.to_string(),
+        addr,
+        reason,
+    };
+    let request = request.body(body).map_err(|err| failed(err.to_string()))?;
     let response = client
         .request(request)
         .await
-        .map_err(|err| format!("cannot {method} {path} on {addr}: {err}"))?;
+        .map_err(|err| failed(err.to_string()))?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|err| format!("{method} {path} on {addr}: {err}"))?
+        .map_err(|err| failed(err.to_string()))?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let body = String::from_utf8_lossy(&body).trim_end().to_string();
+    match status {
+        http::StatusCode::OK => Ok(body),
+        status => Err(ProbeError::Answer {
+            method,
+            path: path.to_string(),
+            status,
+            body,
+        }),
+    }
 }
 
 async fn within_deadline<T>(
-    check: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    check: impl std::future::Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
     tokio::time::timeout(PROBE_DEADLINE, check)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {PROBE_DEADLINE:?}")))
+        .unwrap_or(Err(ProbeError::Timeout(PROBE_DEADLINE)))
 }
 
 /// Prints the outcome of a check and turns it into the exit status Docker reads.
-pub fn exit(outcome: Result<(), String>) -> std::process::ExitCode {
+pub fn exit(outcome: Result<(), ProbeError>) -> std::process::ExitCode {
     match outcome {
         Ok(()) => {
             println!("healthy");

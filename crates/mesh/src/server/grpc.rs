@@ -176,7 +176,7 @@ pub async fn serve_until(
     (admin_listen, admin): (std::net::SocketAddr, crate::admin::Admin),
     limits: &crate::Limits,
     shutdown: crate::Shutdown,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let admin_listener = crate::server::serve::bind(admin_listen).await?;
     let reporter = {
         let shutdown = shutdown.clone();
