@@ -11,3 +11,4 @@ pub mod limits;
 pub mod queue;
 pub mod serve;
 pub mod shutdown;
+pub mod timer;

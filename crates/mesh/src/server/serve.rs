@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
@@ -23,6 +23,7 @@ use crate::server::accept::{Accepted, Acceptor};
 use crate::server::idle::{Activity, Tracked};
 use crate::server::limits::Limits;
 use crate::server::shutdown::{DRAIN_DEADLINE, Shutdown};
+use crate::server::timer::LazyTimer;
 
 /// Serves `app` on `listener` under `limits` until `shutdown` is cancelled, then drains
 /// in-flight requests for at most [`DRAIN_DEADLINE`].
@@ -80,15 +81,15 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        // The timer is what makes hyper's timeouts run at all.
-        .timer(TokioTimer::new())
+        // The timer is what makes hyper's timeouts run at all (see `crate::server::timer`).
+        .timer(LazyTimer)
         // Also bounds the wait for the next request head on a keep-alive connection.
         .header_read_timeout(limits.header_read_timeout)
         // A head that does not fit in the read buffer is answered 431.
         .max_buf_size(limits.max_header_bytes as usize);
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(LazyTimer)
         .max_header_list_size(limits.max_header_bytes)
         .max_concurrent_streams(limits.max_streams)
         .keep_alive_interval(limits.keepalive_interval)

@@ -1,0 +1,147 @@
+//! hyper's timer, with a reset that costs a comparison when the deadline moves later.
+//!
+//! hyper arms its HTTP/1 header-read timeout again for every request head on a keep-alive
+//! connection, and its HTTP/2 keepalive again whenever data arrives. With hyper-util's
+//! `TokioTimer` each of those resets moves an entry in Tokio's timer wheel, under the wheel's
+//! lock, although the timer almost never fires: the head arrives long before its deadline. Here a
+//! reset to a later deadline only records it; the armed sleep stays where it is, and when it
+//! fires early it is armed once more for the recorded deadline. A connection that keeps sending
+//! requests costs one wheel entry per header-read timeout (seconds), not one per request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use hyper::rt::{Sleep, Timer};
+
+/// The [`Timer`] every listener of the mesh gives hyper.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LazyTimer;
+
+pin_project_lite::pin_project! {
+    /// A sleep whose deadline may be later than the Tokio sleep armed for it.
+    #[derive(Debug)]
+    pub struct LazySleep {
+        deadline: tokio::time::Instant,
+        #[pin]
+        armed: tokio::time::Sleep,
+    }
+}
+
+impl Timer for LazyTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
+        // Tokio's clock, not the system's: the two differ when a test pauses Tokio's.
+        self.sleep_until((tokio::time::Instant::now() + duration).into())
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        let deadline = deadline.into();
+        Box::pin(LazySleep {
+            deadline,
+            armed: tokio::time::sleep_until(deadline),
+        })
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
+        let Some(lazy) = sleep.as_mut().downcast_mut_pin::<LazySleep>() else {
+            *sleep = self.sleep_until(new_deadline);
+            return;
+        };
+        let lazy = lazy.project();
+        let new_deadline = new_deadline.into();
+        *lazy.deadline = new_deadline;
+        // Only an earlier deadline needs the wheel now; a later one is caught when it fires.
+        if new_deadline < lazy.armed.deadline() {
+            lazy.armed.reset(new_deadline);
+        }
+    }
+
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into()
+    }
+}
+
+impl Future for LazySleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            ready!(this.armed.as_mut().poll(cx));
+            if *this.deadline <= this.armed.deadline() {
+                return Poll::Ready(());
+            }
+            // Fired for a deadline that has since moved: arm it for the one that holds.
+            let deadline = *this.deadline;
+            this.armed.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Sleep for LazySleep {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `sleep` has fired by now, without waiting.
+    fn fired(sleep: &mut Pin<Box<dyn Sleep>>) -> bool {
+        let waker = futures::task::noop_waker();
+        sleep
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+    }
+
+    async fn advance_ms(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_at_its_deadline_and_not_before() {
+        let mut sleep = LazyTimer.sleep(Duration::from_secs(10));
+        advance_ms(9_999).await;
+        assert!(!fired(&mut sleep));
+        advance_ms(1).await;
+        assert!(fired(&mut sleep));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_deadline_holds_past_the_first_one() {
+        let mut sleep = LazyTimer.sleep(Duration::from_secs(10));
+        assert!(!fired(&mut sleep));
+        advance_ms(6_000).await;
+        LazyTimer.reset(&mut sleep, LazyTimer.now() + Duration::from_secs(10));
+        advance_ms(5_000).await;
+        assert!(!fired(&mut sleep), "fired at the first deadline");
+        advance_ms(4_999).await;
+        assert!(!fired(&mut sleep));
+        advance_ms(1).await;
+        assert!(fired(&mut sleep));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_fires_early() {
+        let mut sleep = LazyTimer.sleep(Duration::from_secs(10));
+        LazyTimer.reset(&mut sleep, LazyTimer.now() + Duration::from_secs(1));
+        advance_ms(999).await;
+        assert!(!fired(&mut sleep));
+        advance_ms(1).await;
+        assert!(fired(&mut sleep));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_resets_keep_the_last_deadline() {
+        let mut sleep = LazyTimer.sleep(Duration::from_secs(10));
+        for _ in 0..1_000 {
+            advance_ms(50).await;
+            LazyTimer.reset(&mut sleep, LazyTimer.now() + Duration::from_secs(10));
+        }
+        // 50 s have passed, five times the timeout, and the last reset was just now.
+        advance_ms(9_999).await;
+        assert!(!fired(&mut sleep));
+        advance_ms(1).await;
+        assert!(fired(&mut sleep));
+    }
+}
