@@ -1,7 +1,9 @@
-//! Compiles every `.proto` under `proto/` into Rust (prost + tonic) and writes the encoded
-//! `FileDescriptorSet` that server reflection serves. protox parses the protos in pure Rust, so
-//! building needs no `protoc`.
+//! Compiles every `.proto` under `proto/` into Rust (prost + tonic) and writes, per proto
+//! package, the encoded `FileDescriptorSet` that the server of that package hands to reflection
+//! (`<package>.bin`: that package's files and what they import, nothing of the other services).
+//! protox parses the protos in pure Rust, so building needs no `protoc`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,10 +17,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let descriptors = protox::compile(&protos, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("dockercoins.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    let mut packages = BTreeMap::<&str, Vec<&str>>::new();
+    for file in &descriptors.file {
+        packages
+            .entry(file.package())
+            .or_default()
+            .push(file.name());
+    }
+    for (package, files) in packages {
+        let set = protox::compile(files, ["proto"])?;
+        std::fs::write(
+            out_dir.join(format!("{package}.bin")),
+            prost::Message::encode_to_vec(&set),
+        )?;
+    }
 
     tonic_prost_build::configure()
         .build_client(true)

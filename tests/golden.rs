@@ -211,7 +211,7 @@ fn a_slow_and_a_failing_replica_are_singled_out_and_agree_with_their_own_metrics
     });
 }
 
-/// The latency bucket of `mesh::redis::golden`, as the workers write it: 8 per doubling of µs.
+/// The latency bucket of `ledger::golden`, as the workers write it: 8 per doubling of µs.
 fn bucket(latency: Duration) -> usize {
     ((latency.as_micros() as f64).log2() * 8.0) as usize
 }

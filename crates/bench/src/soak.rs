@@ -66,8 +66,8 @@ impl Probe {
     /// hashes, coins, used bytes, maxmemory.
     fn read(&mut self) -> anyhow::Result<(u64, u64, u64, u64)> {
         let (hashes, coins): (Option<u64>, u64) = redis::pipe()
-            .get("hashes")
-            .hlen("wallet")
+            .get(ledger::HASHES)
+            .hlen(ledger::WALLET)
             .query(&mut self.connection)?;
         let info: String = redis::cmd("INFO")
             .arg("memory")

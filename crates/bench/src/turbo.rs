@@ -39,7 +39,7 @@ impl Counter {
     /// `GET hashes`, 0 before the first flush.
     pub fn hashes(&mut self) -> anyhow::Result<u64> {
         let value: Option<u64> = redis::cmd("GET")
-            .arg("hashes")
+            .arg(ledger::HASHES)
             .query(&mut self.connection)?;
         Ok(value.unwrap_or(0))
     }

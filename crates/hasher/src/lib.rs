@@ -22,7 +22,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use bytes::Bytes;
 use dockercoins::hasher::v1::hasher_service_server::{HasherService, HasherServiceServer};
-use dockercoins::hasher::v1::{HashBatchRequest, HashBatchResponse, HashRequest, HashResponse};
+use dockercoins::hasher::v1::{
+    FILE_DESCRIPTOR_SET, HashBatchRequest, HashBatchResponse, HashRequest, HashResponse,
+};
 use mesh::Shutdown;
 use sha2::{Digest, Sha256};
 use tower::Layer;
@@ -312,7 +314,7 @@ pub async fn app(
         .layer(admission)
         .with_state(hasher);
     let queue = mesh::server::queue::Queue::new(config.concurrency, config.max_queue);
-    mesh::server::grpc::router(hash, shim, queue, fault).await
+    mesh::server::grpc::router(hash, FILE_DESCRIPTOR_SET, shim, queue, fault).await
 }
 
 /// Serves hasher on `listener` until `shutdown`, reporting NOT_SERVING first.

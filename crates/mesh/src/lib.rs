@@ -1,9 +1,11 @@
 //! What every DockerCoins service shares, so that rng, hasher, worker and webui stay small and
 //! behave alike: one listener for gRPC and HTTP, an admin listener beside it, gRPC health and
-//! reflection, the request queue, configuration errors that name the variable, tracing set-up, and
-//! shutdown on SIGTERM/SIGINT.
+//! reflection, the request queue, configuration errors that name the variable, Redis pools with
+//! deadlines, tracing set-up, and shutdown on SIGTERM/SIGINT.
 //!
-//! `mesh` knows no service: services depend on it, never the other way round.
+//! `mesh` knows no service: services depend on it, never the other way round. They hand it what
+//! is theirs (a gRPC service, its descriptor set), and what worker and webui keep in Redis is in
+//! the `ledger` crate, not here.
 
 pub mod admin;
 pub mod binary;

@@ -17,7 +17,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dockercoins::rng::v1::rng_service_server::{RngService, RngServiceServer};
-use dockercoins::rng::v1::{GenerateRequest, GenerateResponse};
+use dockercoins::rng::v1::{FILE_DESCRIPTOR_SET, GenerateRequest, GenerateResponse};
 use mesh::Shutdown;
 use rand::RngCore;
 
@@ -225,7 +225,7 @@ pub async fn app(
         .with_state(rng);
     // One queue for Generate and the shim alike, as in the single-threaded original.
     let queue = mesh::server::queue::Queue::new(config.concurrency, config.max_queue);
-    mesh::server::grpc::router(generate, shim, queue, fault).await
+    mesh::server::grpc::router(generate, FILE_DESCRIPTOR_SET, shim, queue, fault).await
 }
 
 /// Serves rng on `listener` until `shutdown`, reporting NOT_SERVING first.

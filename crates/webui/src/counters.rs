@@ -1,7 +1,7 @@
 //! Reading the DockerCoins counters from Redis, within a deadline, and saying why it failed.
 //!
-//! The worker owns the keys: it adds its work to the string `hashes` and its coins to the hash
-//! `wallet`, both in one script. The webui only reads them. Every read gives up after
+//! The worker owns the keys (see the `ledger` crate): it adds its work and its coins in one
+//! script, and the webui only reads them, with the ledger's read script. Every read gives up after
 //! [`READ_DEADLINE`], so that a Redis that is down or frozen turns into a 503 the page can show
 //! within a second, not a request that hangs.
 //!
@@ -16,9 +16,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use deadpool_redis::Pool;
-use redis::RedisError;
-
-use crate::replicas::SERVICES;
+use mesh::redis::Error;
 
 /// Deadline of one read, connecting included. `/json` must answer within a second; this leaves
 /// room for the rest of the request. The pool's own deadlines (500 ms to wait for, open or check a
@@ -28,40 +26,18 @@ pub const READ_DEADLINE: Duration = Duration::from_millis(700);
 /// One reading of the counters, timed for the speeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
-    /// Units of work done: `GET hashes`, 0 before the first flush.
+    /// Units of work done, 0 before the first flush.
     pub hashes: u64,
-    /// Coins found: `HLEN wallet`.
+    /// Coins found.
     pub coins: u64,
-    /// Per service of [`crate::replicas::SERVICES`]: calls served per replica.
-    pub served: Vec<(&'static str, Vec<(String, u64)>)>,
+    /// Per service of [`ledger::SERVED_SERVICES`]: calls served per replica.
+    pub served: Vec<(&'static str, ledger::read::Served)>,
     /// Keys the workers write that hold the wrong type, in words; `None` when all are right.
     pub wrong_keys: Option<String>,
     /// Halfway through the round trip: the best guess at when Redis read the values.
     pub at: Instant,
     /// How long the read took, so that the caller can tell how far `at` may be off.
     pub round_trip: Duration,
-}
-
-/// Why the counters could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("cannot reach Redis: {0}")]
-    Connect(#[from] deadpool_redis::PoolError),
-    #[error("Redis failed the read: {0}")]
-    Redis(#[from] RedisError),
-    #[error("Redis did not answer within {0:?}")]
-    Deadline(Duration),
-}
-
-impl ReadError {
-    /// The reason on one line, as the page and a log line show it (Redis's errors can span
-    /// several).
-    pub fn reason(&self) -> String {
-        self.to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 }
 
 /// Why `/json` has no counters to show: the reason, on one line.
@@ -88,61 +64,22 @@ struct ErrorBody<'a> {
     error: &'a str,
 }
 
-/// Calls served per replica of one service, as `HGETALL` gives them.
-type Served = Vec<(String, u64)>;
-
-/// Reads the counters without writing, atomically (a script runs alone in Redis), and checks the
-/// type of every key the workers write (KEYS: [`mesh::redis::typed_keys`]). A key of the wrong
-/// type is read as empty and named in the last value, so that the page still shows the rest.
-/// Returns `hashes` (or nil), the coins, rng's and hasher's served calls, and the problems.
-const READ_COUNTERS: &str = r"#!lua flags=no-writes
-local types = { TYPES }
-local problems, ok = {}, {}
-for k, want in ipairs(types) do
-  local got = redis.call('TYPE', KEYS[k])['ok']
-  ok[k] = got == 'none' or got == want
-  if not ok[k] then
-    table.insert(problems, 'key ' .. KEYS[k] .. ' holds a ' .. got .. ', not a ' .. want)
-  end
-end
-local hashes = ok[1] and redis.call('GET', KEYS[1])
-if hashes and not string.match(hashes, '^%d+$') then
-  table.insert(problems, 'key ' .. KEYS[1] .. ' holds a string that is not a count')
-  hashes = false
-end
-local coins = ok[2] and redis.call('HLEN', KEYS[2]) or 0
-local rng = ok[5] and redis.call('HGETALL', KEYS[5]) or {}
-local hasher = ok[7] and redis.call('HGETALL', KEYS[7]) or {}
-return {hashes, coins, rng, hasher, table.concat(problems, '; ')}
-";
-
-/// The read script with the types of [`mesh::redis::typed_keys`] filled in, in their order.
-fn read_counters_script() -> redis::Script {
-    redis::Script::new(&mesh::redis::with_key_types(READ_COUNTERS))
-}
-
 /// Reads `hashes`, the number of coins and the calls served per replica, with the time Redis
-/// answered. In one script: the worker changes them all in one script, so one reading never
-/// shows a coin or a call whose unit of work is not in `hashes` yet.
-pub async fn read_sample(pool: &Pool) -> Result<Sample, ReadError> {
-    static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(read_counters_script);
+/// answered, in one script (see [`ledger::read`]).
+pub async fn read_sample(pool: &Pool) -> Result<Sample, Error> {
+    static READ: std::sync::LazyLock<ledger::read::Read> =
+        std::sync::LazyLock::new(ledger::read::Read::default);
     within_deadline(async {
         // Connecting is not timed: only the reads say when the values were read.
         let mut connection = pool.get().await?;
-        let mut invocation = SCRIPT.prepare_invoke();
-        for (key, _) in mesh::redis::typed_keys() {
-            invocation.key(key);
-        }
         let sent = Instant::now();
-        let (hashes, coins, rng, hasher, problems): (Option<u64>, u64, Served, Served, String) =
-            invocation.invoke_async(&mut connection).await?;
+        let counters = READ.counters(&mut *connection).await?;
         let round_trip = sent.elapsed();
         Ok(Sample {
-            hashes: hashes.unwrap_or(0),
-            coins,
-            served: SERVICES.into_iter().zip([rng, hasher]).collect(),
-            wrong_keys: (!problems.is_empty()).then_some(problems),
+            hashes: counters.hashes,
+            coins: counters.coins,
+            served: counters.served,
+            wrong_keys: counters.wrong_keys,
             at: sent + round_trip / 2,
             round_trip,
         })
@@ -210,7 +147,7 @@ impl WriteHealth {
 }
 
 /// Reads whether Redis takes writes (memory and role), within [`READ_DEADLINE`].
-pub async fn read_write_health(pool: &Pool) -> Result<WriteHealth, ReadError> {
+pub async fn read_write_health(pool: &Pool) -> Result<WriteHealth, Error> {
     within_deadline(async {
         let mut connection = pool.get().await?;
         let info: String = redis::cmd("INFO")
@@ -226,28 +163,14 @@ pub async fn read_write_health(pool: &Pool) -> Result<WriteHealth, ReadError> {
 /// Runs `read`, giving up after [`READ_DEADLINE`]. Dropping a read midway is harmless: it
 /// writes nothing, and the pool checks the connection before lending it again.
 pub(crate) async fn within_deadline<T>(
-    read: impl Future<Output = Result<T, ReadError>>,
-) -> Result<T, ReadError> {
-    tokio::time::timeout(READ_DEADLINE, read)
-        .await
-        .unwrap_or(Err(ReadError::Deadline(READ_DEADLINE)))
+    read: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    mesh::redis::within(READ_DEADLINE, read).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_reason_is_one_line() {
-        let err = ReadError::Redis(RedisError::from((
-            redis::ErrorKind::Io,
-            "broken pipe",
-            "first line\nsecond line".to_string(),
-        )));
-        let reason = err.reason();
-        assert!(!reason.contains('\n'), "{reason}");
-        assert!(reason.contains("first line second line"), "{reason}");
-    }
 
     #[test]
     fn memory_at_maxmemory_or_a_replica_is_a_write_problem() {
@@ -294,6 +217,6 @@ mod tests {
         let started = Instant::now();
         let err = read_sample(&pool).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(1));
-        assert!(err.reason().contains("Redis"), "{}", err.reason());
+        assert!(err.one_line().contains("Redis"), "{}", err.one_line());
     }
 }

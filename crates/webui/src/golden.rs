@@ -2,7 +2,7 @@
 //! rate and latency percentiles over the last ten seconds, with the sick replicas marked.
 //!
 //! The workers add each second's calls, failures and latency histogram per replica to a Redis
-//! hash of that second (see `mesh::redis::golden`). Once a second the sampler reads the last ten
+//! hash of that second (see [`ledger::golden`]). Once a second the sampler reads the last ten
 //! complete seconds in one script (Redis's clock picks the seconds, the same clock the workers'
 //! script named them by), and this module sums them: counts add up, and so do the fixed
 //! histograms, whatever the number of workers, so the percentiles are those of every call made.
@@ -11,10 +11,11 @@
 use std::collections::BTreeMap;
 
 use deadpool_redis::Pool;
-use mesh::redis::golden::{self, BUCKETS, Field, WINDOW_SECONDS};
+use ledger::SERVED_SERVICES;
+use ledger::golden::{self, BUCKETS, Field, WINDOW_SECONDS};
+use mesh::redis::Error;
 
-use crate::counters::{ReadError, within_deadline};
-use crate::replicas::SERVICES;
+use crate::counters::within_deadline;
 
 /// Replicas per service kept from one reading; the others are left out of the table.
 pub const MAX_REPLICAS: usize = 100;
@@ -136,7 +137,7 @@ pub struct Service {
     pub replicas: Vec<Golden>,
 }
 
-/// Every service of [`SERVICES`], as `/json`'s `golden` reports them.
+/// Every service of [`SERVED_SERVICES`], as `/json`'s `golden` reports them.
 pub type Report = BTreeMap<&'static str, Service>;
 
 /// Sums the seconds of one service (each a flat `HGETALL` answer: field, value, …) per replica.
@@ -203,18 +204,19 @@ pub fn service(replicas: &BTreeMap<String, Counts>) -> Service {
 }
 
 /// Reads the last [`WINDOW_SECONDS`] of every service and sums them into the report.
-pub async fn read(pool: &Pool) -> Result<Report, ReadError> {
+pub async fn read(pool: &Pool) -> Result<Report, Error> {
     within_deadline(async {
         let mut connection = pool.get().await?;
         let script = redis::Script::new(READ_SECONDS);
         let mut invocation = script.prepare_invoke();
-        for service in SERVICES {
+        for service in SERVED_SERVICES {
             invocation.key(golden::key_prefix(service));
         }
         invocation.arg(WINDOW_SECONDS);
         let services: Vec<Vec<Vec<String>>> = invocation.invoke_async(&mut *connection).await?;
-        Ok(SERVICES
-            .into_iter()
+        Ok(SERVED_SERVICES
+            .iter()
+            .copied()
             .zip(services)
             .map(|(name, seconds)| (name, service(&sum_seconds(&seconds))))
             .collect())

@@ -1,21 +1,20 @@
 //! Calls per second of each rng and hasher replica, for the dashboard's per-replica chart.
 //!
-//! The workers count the calls each replica served into the Redis hashes
-//! `dockercoins:served:rng` and `dockercoins:served:hasher` (field: the replica's hostname), in
-//! the same exactly-once script as `hashes`. The sampler reads both with `hashes`; each replica's
+//! The workers count the calls each replica served into one Redis hash per service of
+//! [`ledger::SERVED_SERVICES`] (field: the replica's hostname, see [`ledger::served_key`]), in
+//! the same exactly-once script as `hashes`. The sampler reads them with `hashes`; each replica's
 //! counter gets its own [`HashRate`], the same least-squares slope as the hashing speed. Only the
 //! replicas whose counter moved in the last [`WINDOW`] are reported: the others are gone (scaled
 //! down, or replaced). Redis keeps their counts ten minutes more, then the workers' flush script
-//! prunes them (`mesh::redis::layout`), so that the hashes do not grow with every replica ever
+//! prunes them ([`ledger::SERVED_HORIZON_SECONDS`]), so that the hashes do not grow with every replica ever
 //! started.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::rate::{HashRate, WINDOW};
+use ledger::SERVED_SERVICES;
 
-/// The services whose replicas are shown, in the dashboard's order.
-pub use mesh::redis::SERVED_SERVICES as SERVICES;
+use crate::rate::{HashRate, WINDOW};
 
 /// One replica as `/json` reports it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -63,10 +62,11 @@ impl ReplicaRates {
         }
     }
 
-    /// Every service of [`SERVICES`] with its replicas by name, as of `now`.
+    /// Every service of [`SERVED_SERVICES`] with its replicas by name, as of `now`.
     pub fn report(&self, now: Instant) -> Report {
-        SERVICES
-            .into_iter()
+        SERVED_SERVICES
+            .iter()
+            .copied()
             .map(|service| {
                 let replicas = self
                     .services

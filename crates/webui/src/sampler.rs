@@ -81,7 +81,7 @@ pub async fn run(pool: Pool, board: Arc<Mutex<Board>>, shutdown: Shutdown) {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .golden(report),
-            Some(Err(err)) => debug!(error = %err.reason(), "reading the golden metrics failed"),
+            Some(Err(err)) => debug!(error = %err.one_line(), "reading the golden metrics failed"),
             None => {}
         }
         match reading {
@@ -101,14 +101,14 @@ pub async fn run(pool: Pool, board: Arc<Mutex<Board>>, shutdown: Shutdown) {
             }
             Err(err) => {
                 if reachable != Some(false) {
-                    warn!(error = %err.reason(), "cannot read Redis; /json answers 503 until it is back");
+                    warn!(error = %err.one_line(), "cannot read Redis; /json answers 503 until it is back");
                     reachable = Some(false);
                 }
-                debug!(error = %err.reason(), "reading of the counters failed");
+                debug!(error = %err.one_line(), "reading of the counters failed");
                 board
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .failed(err.reason());
+                    .failed(err.one_line());
             }
         }
     }

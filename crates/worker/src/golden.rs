@@ -9,15 +9,16 @@
 //! bounded whatever the churn: at most [`MAX_REPLICAS`] per service, and a replica not called for
 //! [`IDLE_FLUSHES`] flushes is forgotten.
 //!
-//! Sending is best-effort (see `mesh::redis::golden`): a second Redis did not take is dropped.
+//! Sending is best-effort (see [`ledger::golden`]): a second Redis did not take is dropped.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use deadpool_redis::Pool;
-use mesh::redis::SERVED_SERVICES;
-use mesh::redis::golden::{self, BUCKETS, Field};
+use ledger::SERVED_SERVICES;
+use ledger::golden::{self, BUCKETS, Field};
+use mesh::redis::Error;
 
 /// Replicas tracked per service; calls to others are counted in [`Golden::untracked`] only.
 pub const MAX_REPLICAS: usize = 64;
@@ -187,9 +188,9 @@ pub async fn send(pool: &Pool, golden: &Golden) {
         return;
     }
     let script = redis::Script::new(ADD_SECOND);
-    let sent = tokio::time::timeout(SEND_TIMEOUT, async {
-        let mut connection = pool.get().await.map_err(|err| err.to_string())?;
-        for service in SERVED_SERVICES {
+    let sent = mesh::redis::within(SEND_TIMEOUT, async {
+        let mut connection = pool.get().await?;
+        for &service in SERVED_SERVICES {
             let mut invocation = script.prepare_invoke();
             invocation
                 .key(golden::key_prefix(service))
@@ -216,23 +217,18 @@ pub async fn send(pool: &Pool, golden: &Golden) {
                 }
             }
             if any {
-                let _: i64 = invocation
-                    .invoke_async(&mut *connection)
-                    .await
-                    .map_err(|err| err.to_string())?;
+                let _: i64 = invocation.invoke_async(&mut *connection).await?;
             }
         }
-        Ok::<(), String>(())
+        Ok::<(), Error>(())
     })
     .await;
-    let error = match sent {
-        Ok(Ok(())) => return,
-        Ok(Err(error)) => error,
-        Err(_) => format!("Redis did not answer within {SEND_TIMEOUT:?}"),
+    let Err(error) = sent else {
+        return;
     };
     // The flush of the counts logs Redis's outages; this one only counts its lost seconds.
     metrics::counter!("dockercoins_golden_seconds_dropped_total").increment(1);
-    tracing::debug!(%error, "golden metrics of the last second dropped");
+    tracing::debug!(error = %error.one_line(), "golden metrics of the last second dropped");
 }
 
 #[cfg(test)]

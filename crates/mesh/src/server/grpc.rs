@@ -2,8 +2,8 @@
 //!
 //! Health answers for the whole server ("") and for each named service, which is what `grpcurl`,
 //! Docker healthchecks and Kubernetes `grpc:` probes ask. Reflection (v1 and v1alpha, since
-//! grpcurl and older tools differ) serves the DockerCoins and health descriptors, so `grpcurl
-//! list`, `describe` and calls need no `.proto` file.
+//! grpcurl and older tools differ) serves the descriptors the service hands over and those of
+//! health and reflection, so `grpcurl list`, `describe` and calls need no `.proto` file.
 
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
@@ -25,7 +25,7 @@ const PROBE_SERVICES: [&str; 3] = [
 const HEALTH_MAX_MESSAGE: usize = 4 * 1024;
 /// Largest reflection request (a symbol or file name).
 const REFLECTION_MAX_REQUEST: usize = 64 * 1024;
-/// Largest reflection answer: the DockerCoins, health and reflection descriptors.
+/// Largest reflection answer: the service's, health's and reflection's descriptors.
 const REFLECTION_MAX_ANSWER: usize = 1024 * 1024;
 
 /// Reports the serving status of one server's gRPC services.
@@ -52,11 +52,15 @@ impl Health {
 }
 
 /// Builds the health and reflection services for a server that serves `services` (their full
-/// names, e.g. `dockercoins.rng.v1.RngService`), every one reported SERVING.
+/// names, e.g. `dockercoins.rng.v1.RngService`), every one reported SERVING, described by
+/// `descriptor_sets` (encoded `FileDescriptorSet`s, as prost and tonic build them).
 ///
 /// Returns the reporter and the gRPC routes, to which the caller adds its own service. These two
 /// stay outside any request queue: a probe must answer even when the queue is full.
-pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes) {
+pub async fn health_and_reflection(
+    services: &[&'static str],
+    descriptor_sets: &[&'static [u8]],
+) -> (Health, Routes) {
     let (reporter, health_server) = tonic_health::server::health_reporter();
     let health_server = health_server
         .max_decoding_message_size(HEALTH_MAX_MESSAGE)
@@ -67,12 +71,14 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
     };
     health.set_all(ServingStatus::Serving).await;
 
-    // Advertise exactly what this server serves: the descriptor set holds every DockerCoins API,
-    // and rng listing the hasher's service would send grpcurl users to the wrong port.
+    // Advertise exactly what this server serves: a set may describe more services than it
+    // serves, and listing another service would send grpcurl users to the wrong port.
     let reflection = || {
-        let builder = tonic_reflection::server::Builder::configure()
-            .include_reflection_service(false)
-            .register_encoded_file_descriptor_set(dockercoins::FILE_DESCRIPTOR_SET)
+        let builder = descriptor_sets.iter().copied().fold(
+            tonic_reflection::server::Builder::configure().include_reflection_service(false),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        );
+        let builder = builder
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(
@@ -102,12 +108,13 @@ pub async fn health_and_reflection(services: &[&'static str]) -> (Health, Routes
 }
 
 /// One port's whole router: `service` (a tonic server) and the HTTP `shim` behind one request
-/// `queue` and the injected `fault`, health and reflection outside them, and [`fallback`] for every
-/// other path.
+/// `queue` and the injected `fault`, health and reflection (from the service's encoded
+/// `descriptor_set`) outside them, and [`fallback`] for every other path.
 ///
 /// Returns the health reporter too, so that shutdown can report NOT_SERVING.
 pub async fn router<S>(
     service: S,
+    descriptor_set: &'static [u8],
     shim: axum::Router,
     queue: crate::server::queue::Queue,
     fault: crate::admin::fault::Fault,
@@ -124,7 +131,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let (health, grpc) = health_and_reflection(&[S::NAME]).await;
+    let (health, grpc) = health_and_reflection(&[S::NAME], &[descriptor_set]).await;
     let grpc = grpc.add_service(queue.service(service)).into_axum_router();
     let shim = shim.layer(queue);
     let app = shim

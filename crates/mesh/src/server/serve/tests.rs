@@ -16,7 +16,7 @@ use crate::server::grpc::Health;
 /// A server with gRPC health, `GET /` answering `ok` and `POST /echo` echoing its body, under
 /// `limits`.
 async fn start(limits: Limits) -> (SocketAddr, Health, Shutdown) {
-    let (health, routes) = crate::server::grpc::health_and_reflection(&[]).await;
+    let (health, routes) = crate::server::grpc::health_and_reflection(&[], &[]).await;
     let app = routes
         .into_axum_router()
         .route("/", axum::routing::get(|| async { "ok" }))
@@ -271,7 +271,7 @@ async fn an_http2_head_over_the_cap_is_refused_and_the_connection_keeps_serving(
 
 #[tokio::test]
 async fn shutdown_closes_idle_connections_at_once_and_serve_returns() {
-    let (health, routes) = crate::server::grpc::health_and_reflection(&[]).await;
+    let (health, routes) = crate::server::grpc::health_and_reflection(&[], &[]).await;
     drop(health);
     let app = routes
         .into_axum_router()
