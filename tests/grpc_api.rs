@@ -218,6 +218,116 @@ fn oversized_requests_get_the_right_codes_and_the_services_keep_serving() {
     assert_eq!(answer["digest"], sha256_hex(b"abc"));
 }
 
+/// What a health Watch saw, each with its time since `opened`.
+enum Seen {
+    Status(std::time::Instant, String),
+    /// The server ended the stream (`Ok`) or the connection broke (`Err`).
+    End(std::time::Instant, Result<(), String>),
+}
+
+/// Opens `grpc.health.v1.Health/Watch` on `addr` from a thread of its own, as a worker does, and
+/// sends what it sees; returns once the first status has come.
+fn watch_health(addr: std::net::SocketAddr) -> std::sync::mpsc::Receiver<Seen> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let (seen, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client = HealthClient::new(channel);
+            let mut stream = client
+                .watch(HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let end = loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        let status = message.status().as_str_name().to_string();
+                        let _ = seen.send(Seen::Status(std::time::Instant::now(), status));
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(status.to_string()),
+                }
+            };
+            let _ = seen.send(Seen::End(std::time::Instant::now(), end));
+        });
+    });
+    match receiver.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Seen::Status(_, status)) => assert_eq!(status, "SERVING"),
+        Ok(Seen::End(_, end)) => panic!("the watch ended at once: {end:?}"),
+        Err(err) => panic!("no first status: {err}"),
+    }
+    receiver
+}
+
+#[test]
+fn sigterm_tells_a_watch_not_serving_then_ends_it_after_the_grace_and_exits_at_once() {
+    use std::time::{Duration, Instant};
+    const GRACE: Duration = Duration::from_millis(200);
+    // The drain deadline is 500 ms: a watch that held the drain would take rng past 700 ms.
+    const AT_ONCE: Duration = Duration::from_millis(200 + 250);
+    let settings = [
+        ("LISTEN_SHUTDOWN_GRACE", "200ms".to_string()),
+        ("RNG_DELAY", "0s".to_string()),
+    ];
+
+    let mut idle = Service::start("rng", &settings);
+    let (idle_took, status) = idle.process.terminate();
+    assert!(status.success(), "rng exit status {status}");
+    eprintln!(
+        "rng exited {} ms after SIGTERM with no watch",
+        idle_took.as_millis()
+    );
+
+    let mut rng = Service::start("rng", &settings);
+    let seen = watch_health(rng.addr);
+    let signalled = Instant::now();
+    let (took, status) = rng.process.terminate();
+    assert!(status.success(), "rng exit status {status}");
+    eprintln!(
+        "rng exited {} ms after SIGTERM with a watch open",
+        took.as_millis()
+    );
+    assert!(took >= GRACE, "rng served through the grace: {took:?}");
+    assert!(took < AT_ONCE, "the watch held rng for {took:?}");
+
+    let told = match seen.recv_timeout(Duration::from_secs(1)) {
+        Ok(Seen::Status(at, status)) => {
+            assert_eq!(status, "NOT_SERVING");
+            at - signalled
+        }
+        Ok(Seen::End(_, end)) => panic!("the watch ended before NOT_SERVING: {end:?}"),
+        Err(err) => panic!("the watch saw nothing more: {err}"),
+    };
+    let ended = match seen.recv_timeout(Duration::from_secs(1)) {
+        Ok(Seen::End(at, end)) => {
+            assert_eq!(end, Ok(()), "rng ended the watch, rather than dropping it");
+            at - signalled
+        }
+        Ok(Seen::Status(_, status)) => panic!("a status after NOT_SERVING: {status}"),
+        Err(err) => panic!("the watch did not end: {err}"),
+    };
+    eprintln!(
+        "the watch saw NOT_SERVING {} ms and its end {} ms after SIGTERM",
+        told.as_millis(),
+        ended.as_millis()
+    );
+    assert!(told < GRACE, "NOT_SERVING within the grace: {told:?}");
+    assert!(
+        ended >= GRACE,
+        "the watch stayed open through the grace: {ended:?}"
+    );
+}
+
 #[test]
 fn sigterm_reports_not_serving_then_finishes_the_call_in_flight() {
     let mut rng = Service::start("rng", &[("RNG_DELAY", "400ms".to_string())]);

@@ -71,7 +71,7 @@ where
                 .unwrap_or_else(|line| config::exit_invalid::<C>(&line))
         });
         telemetry::init(exporter.as_ref());
-        let shutdown = shutdown::on_signal();
+        let shutdown = shutdown::on_signal(config.limits().shutdown_grace);
         let listener = serve::bind(config.listen()).await?;
         serve(config, listener, shutdown).await?;
         // The last spans leave before the process does (also on an error above, when dropped).

@@ -1,10 +1,13 @@
 //! Retrying a call that failed because of the replica, not the request.
 //!
-//! When a replica stops (SIGTERM, a crash, a scale-down), a call the balancer already sent it can
-//! come back UNAVAILABLE before discovery takes the replica out. Sent again, the call goes to
-//! another replica. Retries draw on a budget (tower's, a share of recent successes), so that when
-//! every replica is down the worker does not multiply its load: it falls back to the unit's own
-//! backoff instead.
+//! A replica that is stopped (SIGTERM, a scale-down) needs none: it reports NOT_SERVING and goes
+//! on serving for a grace, so discovery takes it out before it stops accepting, and it finishes
+//! the calls it holds (see `mesh::server::shutdown`). One that crashes, is killed (SIGKILL, the
+//! OOM killer) or loses its host gives no notice: a call the balancer sends it before discovery
+//! sees its health watch break comes back UNAVAILABLE. Sent again, the call goes to another
+//! replica. Retries draw on a budget (tower's, a share of recent successes), so
+//! that when every replica is down the worker does not multiply its load: it falls back to the
+//! unit's own backoff instead.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -100,7 +100,8 @@ pub async fn run(
         }
         Some(Command::Forward { to }) => {
             crate::telemetry::init(None);
-            let shutdown = crate::server::shutdown::on_signal();
+            // No grace: nothing watches a forwarder's health, so nothing is to be told first.
+            let shutdown = crate::server::shutdown::on_signal(std::time::Duration::ZERO);
             let listener = crate::server::serve::bind(addresses.listen).await?;
             crate::server::forward::run(listener, to.clone(), limits, shutdown).await?;
             Ok(Some(ExitCode::SUCCESS))

@@ -49,6 +49,30 @@ impl Health {
     pub async fn set_not_serving(&self) {
         self.set_all(ServingStatus::NotServing).await;
     }
+
+    /// Ends every health `Watch` stream: tonic-health ends the streams of a service whose status
+    /// is cleared. A Watch never finishes by itself, so one left open (every worker holds one per
+    /// replica) would hold the drain to its deadline. A `Check` would answer NOT_FOUND from then
+    /// on, which no new client sees: the listener no longer accepts, and HTTP/2 clients have
+    /// GOAWAY.
+    pub async fn end_watches(&self) {
+        let mut reporter = self.reporter.clone();
+        reporter.clear_service_status("").await;
+        for service in &self.services {
+            reporter.clear_service_status(service).await;
+        }
+    }
+
+    /// Follows `shutdown` phase by phase: NOT_SERVING as soon as it starts, so that balancers take
+    /// this server out while it still serves; at the drain, every watch ended.
+    pub async fn follow(self, shutdown: crate::Shutdown) {
+        shutdown.cancelled().await;
+        self.set_not_serving().await;
+        tracing::info!("reported NOT_SERVING");
+        shutdown.draining().await;
+        self.end_watches().await;
+        tracing::info!("health watches ended, draining");
+    }
 }
 
 /// Builds the health and reflection services for a server that serves `services` (their full
@@ -175,7 +199,8 @@ pub async fn fallback(request: axum::extract::Request) -> axum::response::Respon
 }
 
 /// Serves a gRPC server's `app` on `listener`, and `admin` on `admin_listen`, until `shutdown`:
-/// on the signal, reports NOT_SERVING first, then drains (see [`crate::server::serve`]).
+/// on the signal, reports NOT_SERVING and goes on serving for the grace; then ends the health
+/// watches, stops accepting and drains (see [`Health::follow`] and [`crate::server::serve`]).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -185,14 +210,7 @@ pub async fn serve_until(
     shutdown: crate::Shutdown,
 ) -> std::io::Result<()> {
     let admin_listener = crate::server::serve::bind(admin_listen).await?;
-    let reporter = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            health.set_not_serving().await;
-            tracing::info!("reported NOT_SERVING, draining");
-        })
-    };
+    let reporter = tokio::spawn(health.follow(shutdown.clone()));
     tokio::try_join!(
         crate::serve(listener, app, limits, shutdown.clone()),
         crate::admin::serve(admin_listener, admin.router(), limits, shutdown),

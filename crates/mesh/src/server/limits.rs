@@ -1,7 +1,8 @@
 //! What one client may hold of a listener: how long it may take to send a request head, how big
 //! the head may be, how many HTTP/2 streams and connections it may open, and how long a
-//! connection may sit idle. Every listener of the mesh (service port, admin port, forwarder)
-//! takes the same [`Limits`], so that the knobs are set in one place and documented once.
+//! connection may sit idle; and how long a listener keeps serving once shutdown starts. Every
+//! listener of the mesh (service port, admin port, forwarder) takes the same [`Limits`], so that
+//! the knobs are set in one place and documented once.
 //!
 //! The defaults are sized for the workshop and its turbo runs: up to 150 workers, each holding one
 //! HTTP/2 connection per replica, and turbo load generators running 256 streams per connection.
@@ -51,6 +52,15 @@ pub struct Limits {
     /// debug rng's peak RSS to under 30 MiB (tests/hostile_limits.rs).
     #[arg(long, env = "LISTEN_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// How long a listener goes on accepting and serving after its process reported NOT_SERVING
+    /// on SIGTERM, before it stops accepting and drains (see `crate::server::shutdown`): the time
+    /// a balancer watching gRPC health has to take the replica out, so that none of its calls is
+    /// refused. The workers take a replica out within a few milliseconds of NOT_SERVING; 200 ms
+    /// leaves a margin on a busy host and keeps the whole shutdown within a second. `0s` drains
+    /// at once; at most 10 s, Docker's default wait before SIGKILL. The forwarder, which reports
+    /// no health, stops at once.
+    #[arg(long, env = "LISTEN_SHUTDOWN_GRACE", default_value = "200ms", value_parser = crate::server::shutdown::parse_grace)]
+    pub shutdown_grace: Duration,
 }
 
 /// hyper refuses an HTTP/1 read buffer smaller than this.
@@ -69,6 +79,7 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            shutdown_grace: Duration::from_millis(200),
         }
     }
 }
@@ -109,6 +120,7 @@ mod tests {
             "--keepalive-timeout=3s",
             "--idle-timeout=500ms",
             "--max-connections=5",
+            "--shutdown-grace=50ms",
         ])
         .unwrap();
         assert_eq!(
@@ -121,6 +133,7 @@ mod tests {
                 keepalive_timeout: Duration::from_secs(3),
                 idle_timeout: Duration::from_millis(500),
                 max_connections: 5,
+                shutdown_grace: Duration::from_millis(50),
             }
         );
     }
@@ -136,6 +149,16 @@ mod tests {
             let line = rejected(&["demo", flag]);
             assert!(line.contains(variable), "{line}");
             assert!(line.contains("more than 0s"), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_shutdown_grace_may_be_zero_but_not_past_dockers_wait() {
+        let demo: Demo = try_parse_from(["demo", "--shutdown-grace=0s"]).unwrap();
+        assert_eq!(demo.limits.shutdown_grace, Duration::ZERO);
+        for bad in ["--shutdown-grace=11s", "--shutdown-grace=soon"] {
+            let line = rejected(&["demo", bad]);
+            assert!(line.contains("LISTEN_SHUTDOWN_GRACE"), "{line}");
         }
     }
 

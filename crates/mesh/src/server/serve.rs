@@ -25,12 +25,13 @@ use crate::server::limits::Limits;
 use crate::server::shutdown::{DRAIN_DEADLINE, Shutdown};
 use crate::server::timer::LazyTimer;
 
-/// Serves `app` on `listener` under `limits` until `shutdown` is cancelled, then drains
-/// in-flight requests for at most [`DRAIN_DEADLINE`].
+/// Serves `app` on `listener` under `limits` until `shutdown` drains, then drains in-flight
+/// requests for at most [`DRAIN_DEADLINE`].
 ///
-/// On shutdown the listener closes, HTTP/2 clients receive GOAWAY and idle HTTP/1 connections
-/// are closed; requests still running at the deadline are dropped so that the process exits in
-/// time.
+/// Between the start of shutdown and its drain (the grace, see `crate::server::shutdown`) the
+/// listener still accepts and serves. At the drain it closes, HTTP/2 clients receive GOAWAY and
+/// idle HTTP/1 connections are closed; requests still running at the deadline are dropped so that
+/// the process exits in time.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -49,7 +50,7 @@ pub async fn serve(
         let accepted = tokio::select! {
             accepted = acceptor.accept() => accepted,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = shutdown.cancelled() => break,
+            () = shutdown.draining() => break,
         };
         let connection = Connection {
             builder: builder.clone(),

@@ -1,26 +1,123 @@
 //! Shutdown as a value passed down to every task, not a global.
 //!
-//! SIGTERM (what `docker stop` and Kubernetes send) and SIGINT (^C) both cancel one token; each
-//! task watches it and finishes its own part: report NOT_SERVING, stop accepting, drain, flush.
+//! SIGTERM (what `docker stop` and Kubernetes send) and SIGINT (^C) start it; it then runs in two
+//! phases, each a token that tasks watch:
+//!
+//! 1. **Stopping**, at the signal: gRPC health reports NOT_SERVING and `/readyz` 503; tasks that
+//!    start work stop starting it, and flush what they hold. The listeners still accept and
+//!    serve, so that a call a balancer sends before it has seen NOT_SERVING is answered, not
+//!    refused.
+//! 2. **Draining**, a short grace later (`LISTEN_SHUTDOWN_GRACE`): the listeners stop accepting,
+//!    HTTP/2 clients get GOAWAY, health watches end, and in-flight calls have [`DRAIN_DEADLINE`]
+//!    to finish.
+//!
+//! This is the order of tonic's `serve_with_shutdown` fed with a signal future that first reports
+//! NOT_SERVING and then sleeps, and of Kubernetes' preStop sleep; here it is one value, so that
+//! every listener of a process drains at the same moment.
 
+use std::future::Future;
 use std::time::Duration;
 
-pub use tokio_util::sync::CancellationToken as Shutdown;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-/// How long in-flight work may take once shutdown starts. Every service must be gone within one
-/// second of SIGTERM; this leaves room for the flush that follows the drain and for process exit.
-pub const DRAIN_DEADLINE: Duration = Duration::from_millis(700);
+/// How long in-flight work may take once the drain starts. Every service must be gone within one
+/// second of SIGTERM: with the default grace of 200 ms this ends the drain 700 ms after the
+/// signal, which leaves room for the flushes that follow it and for process exit.
+pub const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
 
-/// Returns a token that is cancelled on the first SIGTERM or SIGINT.
+/// The longest `LISTEN_SHUTDOWN_GRACE`: `docker stop` sends SIGKILL after 10 s.
+pub const MAX_GRACE: Duration = Duration::from_secs(10);
+
+/// A clap value parser for the grace: a duration from `0s` (drain at once) to [`MAX_GRACE`].
+pub fn parse_grace(raw: &str) -> Result<Duration, String> {
+    let grace = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
+    if grace > MAX_GRACE {
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_GRACE)
+        ));
+    }
+    Ok(grace)
+}
+
+/// The two phases of one process's shutdown; clones share them.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// Cancelled at the signal: report NOT_SERVING, start no new work.
+    stopping: CancellationToken,
+    /// Cancelled after the grace: stop accepting, end health watches, drain.
+    draining: CancellationToken,
+}
+
+impl Shutdown {
+    /// A shutdown that has not started.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs the phases: stopping now, draining once `grace` has passed. Returns when the drain
+    /// has started.
+    pub async fn begin(&self, grace: Duration) {
+        self.stopping.cancel();
+        // Started earlier with no grace (`cancel`): nothing is left to wait for.
+        if !self.draining.is_cancelled() {
+            tokio::time::sleep(grace).await;
+        }
+        self.draining.cancel();
+    }
+
+    /// Both phases at once, with no grace: for tests, and for a task that must stop everything it
+    /// started (nothing watches its health).
+    pub fn cancel(&self) {
+        self.stopping.cancel();
+        self.draining.cancel();
+    }
+
+    /// Completes when shutdown starts (the stopping phase). Cancel-safe.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.stopping.cancelled()
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_cancelled(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    /// Completes when the drain starts: time to stop accepting. Cancel-safe.
+    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
+        self.draining.cancelled()
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Runs `future` until shutdown starts; `None` if it started first.
+    pub async fn run_until_cancelled<F: Future>(&self, future: F) -> Option<F::Output> {
+        self.stopping.run_until_cancelled(future).await
+    }
+
+    /// A shutdown that follows this one, phase by phase, and can also be cancelled on its own
+    /// without touching this one.
+    pub fn child_token(&self) -> Self {
+        Self {
+            stopping: self.stopping.child_token(),
+            draining: self.draining.child_token(),
+        }
+    }
+}
+
+/// Returns a shutdown that starts on the first SIGTERM or SIGINT and drains `grace` later.
 ///
 /// Must be called from inside the Tokio runtime.
-pub fn on_signal() -> Shutdown {
+pub fn on_signal(grace: Duration) -> Shutdown {
     let shutdown = Shutdown::new();
-    let token = shutdown.clone();
+    let phases = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received");
-        token.cancel();
+        tracing::info!(?grace, "shutdown signal received, draining after the grace");
+        phases.begin(grace).await;
     });
     shutdown
 }
@@ -32,5 +129,55 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_comes_first_and_the_drain_after_the_grace() {
+        let shutdown = Shutdown::new();
+        assert!(!shutdown.is_cancelled() && !shutdown.is_draining());
+        let phases = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { shutdown.begin(Duration::from_millis(200)).await }
+        });
+        shutdown.cancelled().await;
+        let stopped = tokio::time::Instant::now();
+        assert!(!shutdown.is_draining(), "the grace comes before the drain");
+        tokio::time::sleep(Duration::from_millis(199)).await;
+        assert!(!shutdown.is_draining(), "still in the grace");
+        shutdown.draining().await;
+        let grace = stopped.elapsed();
+        assert!(
+            grace >= Duration::from_millis(200) && grace <= Duration::from_millis(201),
+            "{grace:?}"
+        );
+        phases.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_starts_both_phases_at_once() {
+        let shutdown = Shutdown::new();
+        shutdown.cancel();
+        assert!(shutdown.is_cancelled() && shutdown.is_draining());
+        // A signal after that waits for no grace.
+        let started = tokio::time::Instant::now();
+        shutdown.begin(Duration::from_secs(5)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_child_follows_its_parent_but_not_the_other_way_round() {
+        let parent = Shutdown::new();
+        let child = parent.child_token();
+        child.cancel();
+        assert!(!parent.is_cancelled() && !parent.is_draining());
+
+        let child = parent.child_token();
+        parent.cancel();
+        assert!(child.is_cancelled() && child.is_draining());
     }
 }

@@ -26,7 +26,8 @@ pub const ENDPOINT_VARIABLES: [&str; 2] = [
 ];
 
 /// How long shutdown waits for the last spans to leave: the process still ends within its second
-/// after the 700 ms drain (see `crate::server::shutdown`), even when the collector is gone.
+/// after the grace and the drain (700 ms at most by default, see `crate::server::shutdown`), even
+/// when the collector is gone.
 pub const FLUSH_DEADLINE: Duration = Duration::from_millis(200);
 
 /// The samplers the SDK knows; it would fall back to always-on for any other name, silently for

@@ -311,6 +311,61 @@ async fn shutdown_closes_idle_connections_at_once_and_serve_returns() {
 }
 
 #[tokio::test]
+async fn shutdown_says_not_serving_serves_through_the_grace_then_ends_watches_and_returns() {
+    const GRACE: Duration = Duration::from_millis(300);
+    const NOT_SERVING: i32 = health_check_response::ServingStatus::NotServing as i32;
+    let (health, routes) = crate::server::grpc::health_and_reflection(&[]).await;
+    let app = routes.into_axum_router();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let server = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { serve(listener, app, &Limits::default(), shutdown).await })
+    };
+    tokio::spawn(health.follow(shutdown.clone()));
+    let mut client = HealthClient::new(channel(addr).await);
+    let mut watch = client
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, SERVING);
+
+    let started = Instant::now();
+    let phases = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { shutdown.begin(GRACE).await })
+    };
+    assert_eq!(watch.message().await.unwrap().unwrap().status, NOT_SERVING);
+    let told = started.elapsed();
+    assert!(told < GRACE, "NOT_SERVING comes first: {told:?}");
+    // Through the grace the listener still accepts, and a new client is told the same.
+    let mut late = HealthClient::new(channel(addr).await);
+    assert_eq!(check(&mut late).await.unwrap(), NOT_SERVING);
+
+    // At the drain the watch ends cleanly, and serve returns without waiting for its deadline.
+    assert!(matches!(watch.message().await, Ok(None)), "the watch ends");
+    let ended = started.elapsed();
+    assert!(ended >= GRACE, "the watch outlives the grace: {ended:?}");
+    tokio::time::timeout(DRAIN_DEADLINE, server)
+        .await
+        .expect("serve returns before the drain deadline")
+        .unwrap()
+        .unwrap();
+    let returned = started.elapsed();
+    assert!(
+        returned < GRACE + DRAIN_DEADLINE / 2,
+        "serve returned {returned:?} after shutdown started"
+    );
+    phases.await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test]
 async fn streams_past_the_http2_cap_wait_for_a_free_one() {
     let (addr, _, _) = start(Limits {
         max_streams: 1,
