@@ -314,7 +314,7 @@ async fn shutdown_closes_idle_connections_at_once_and_serve_returns() {
 async fn shutdown_says_not_serving_serves_through_the_grace_then_ends_watches_and_returns() {
     const GRACE: Duration = Duration::from_millis(300);
     const NOT_SERVING: i32 = health_check_response::ServingStatus::NotServing as i32;
-    let (health, routes) = crate::server::grpc::health_and_reflection(&[]).await;
+    let (health, routes) = crate::server::grpc::health_and_reflection(&[], &[]).await;
     let app = routes.into_axum_router();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
