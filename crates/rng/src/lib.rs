@@ -241,20 +241,17 @@ pub async fn run(
         max_size = config.max_size,
         "rng starting"
     );
-    let (fault, switch) = config
-        .fault_injection
-        .start(config.fault_delay, config.fault_error_rate);
-    let (health, app) = app(&config, fault).await;
-    let admin = mesh::admin::Admin::new(shutdown.clone()).fault(switch);
-    mesh::server::grpc::serve_until(
-        listener,
-        app,
-        health,
-        (config.admin_listen, admin),
-        &config.limits,
-        shutdown,
-    )
-    .await?;
+    let serving = mesh::server::grpc::Serving {
+        admin_listen: config.admin_listen,
+        limits: &config.limits,
+        faults: (
+            config.fault_injection,
+            config.fault_delay,
+            config.fault_error_rate,
+        ),
+    };
+    mesh::server::grpc::serve_until(listener, serving, shutdown, |fault| app(&config, fault))
+        .await?;
     Ok(())
 }
 

@@ -198,22 +198,38 @@ pub async fn fallback(request: axum::extract::Request) -> axum::response::Respon
         .into_response()
 }
 
-/// Serves a gRPC server's `app` on `listener`, and `admin` on `admin_listen`, until `shutdown`:
-/// on the signal, reports NOT_SERVING and goes on serving for the grace; then ends the health
-/// watches, stops accepting and drains (see [`Health::follow`] and [`crate::server::serve`]).
-pub async fn serve_until(
+/// The settings [`serve_until`] needs besides the service's own.
+pub struct Serving<'a> {
+    /// The admin listener's address (`/metrics`, `/healthz`, `/readyz`, the fault switch).
+    pub admin_listen: std::net::SocketAddr,
+    pub limits: &'a crate::Limits,
+    /// Whether the fault switch exists, and the fault the service starts with.
+    pub faults: (crate::admin::fault::Injection, std::time::Duration, f64),
+}
+
+/// Serves the gRPC server that `app` builds around the configured fault on `listener`, and the
+/// admin routes beside it, until `shutdown`: on the signal, reports NOT_SERVING and goes on
+/// serving for the grace; then ends the health watches, stops accepting and drains (see
+/// [`Health::follow`] and [`crate::server::serve`]).
+pub async fn serve_until<F, Fut>(
     listener: tokio::net::TcpListener,
-    app: axum::Router,
-    health: Health,
-    (admin_listen, admin): (std::net::SocketAddr, crate::admin::Admin),
-    limits: &crate::Limits,
+    serving: Serving<'_>,
     shutdown: crate::Shutdown,
-) -> std::io::Result<()> {
-    let admin_listener = crate::server::serve::bind(admin_listen).await?;
+    app: F,
+) -> std::io::Result<()>
+where
+    F: FnOnce(crate::admin::fault::Fault) -> Fut,
+    Fut: std::future::Future<Output = (Health, axum::Router)>,
+{
+    let (injection, delay, error_rate) = serving.faults;
+    let (fault, switch) = injection.start(delay, error_rate);
+    let (health, app) = app(fault).await;
+    let admin = crate::admin::Admin::new(shutdown.clone()).fault(switch);
+    let admin_listener = crate::server::serve::bind(serving.admin_listen).await?;
     let reporter = tokio::spawn(health.follow(shutdown.clone()));
     tokio::try_join!(
-        crate::serve(listener, app, limits, shutdown.clone()),
-        crate::admin::serve(admin_listener, admin.router(), limits, shutdown),
+        crate::serve(listener, app, serving.limits, shutdown.clone()),
+        crate::admin::serve(admin_listener, admin.router(), serving.limits, shutdown),
     )?;
     reporter.abort();
     Ok(())

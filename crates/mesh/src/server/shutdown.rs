@@ -112,24 +112,22 @@ impl Shutdown {
 ///
 /// Must be called from inside the Tokio runtime.
 pub fn on_signal(grace: Duration) -> Shutdown {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed here, before the caller binds its listener: a SIGTERM that arrives as soon as the
+    // port answers must find the handler, not the default action that kills the process.
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler can be installed");
     let shutdown = Shutdown::new();
     let phases = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
         tracing::info!(?grace, "shutdown signal received, draining after the grace");
         phases.begin(grace).await;
     });
     shutdown
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler can be installed");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 #[cfg(test)]
