@@ -417,7 +417,10 @@ fn a_replica_made_slow_soon_gets_less_than_half_an_even_share() {
 
 #[test]
 fn a_replica_killed_mid_run_costs_nothing_and_the_rate_recovers() {
-    let mut mesh = ThreeReplicas::start(&[("WORKER_RPC_TIMEOUT", "1s".to_string())]);
+    let mut mesh = ThreeReplicas::start(&[
+        ("WORKER_RPC_TIMEOUT", "1s".to_string()),
+        support::json_log(),
+    ]);
 
     // SIGKILL: no NOT_SERVING, no drain; connections just break.
     mesh.rngs[2]

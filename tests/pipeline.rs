@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use support::{
-    Process, Redis, Service, backends, eventually, free_port, http, logged_units, quick,
+    Process, Redis, Service, backends, eventually, free_port, http, json_log, logged_units, quick,
     sha256_hex, worker,
 };
 
@@ -69,7 +69,11 @@ fn turbo_batches_count_every_unit_and_keep_every_coin() {
         .map(|name| (name, "0s".to_string()))
         .collect();
     let (rng, hasher) = backends(&turbo);
-    let env = [turbo.clone(), vec![("WORKER_BATCH", "64".to_string())]].concat();
+    let env = [
+        turbo.clone(),
+        vec![("WORKER_BATCH", "64".to_string()), json_log()],
+    ]
+    .concat();
     let mut worker = worker(&rng, &hasher, &redis, &env);
     eventually(Duration::from_secs(10), "a few batches", || {
         (redis.hashes() >= 64 * 50).then_some(())
@@ -122,7 +126,7 @@ fn one_worker_with_the_defaults_makes_3_33_hashes_per_second() {
 fn no_unit_is_lost_or_doubled_when_redis_is_stopped_and_restarted() {
     let mut redis = Redis::start();
     let (rng, hasher) = backends(&quick());
-    let mut worker = worker(&rng, &hasher, &redis, &quick());
+    let mut worker = worker(&rng, &hasher, &redis, &[quick(), vec![json_log()]].concat());
 
     let before = redis.next_flush(0).1;
     // SIGTERM, as `docker stop`: Redis syncs its file first. (SIGKILL, which may lose the last
@@ -216,7 +220,8 @@ fn every_service_exits_within_a_second_of_sigterm() {
     let redis = Redis::start();
     // Default delays: rng and hasher are mid-request when the signal comes.
     let (mut rng, mut hasher) = backends(&[]);
-    let mut worker = worker(&rng, &hasher, &redis, &[("WORKER_CONCURRENCY", "4".into())]);
+    let env = [("WORKER_CONCURRENCY", "4".into()), json_log()];
+    let mut worker = worker(&rng, &hasher, &redis, &env);
     let mut webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
     redis.next_flush(0);
 

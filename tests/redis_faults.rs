@@ -1,9 +1,10 @@
 //! Counts that survive: the worker against a real redis-server run as deployed (AOF
 //! `appendfsync everysec`, `maxmemory`, `noeviction`), through every fault Redis can throw at it.
 //!
-//! Each test checks `hashes` against the units the worker logged ("N units of work done"): a
-//! batch is applied once or, where a fault makes that impossible, the loss is what the README
-//! promises and no more. Redis stopped with SIGTERM and restarted is in tests/pipeline.rs.
+//! Each test checks `hashes` against the units the worker logged ("N units of work done", read
+//! from the `units` field of its JSON log): a batch is applied once or, where a fault makes that
+//! impossible, the loss is what the README promises and no more. Redis stopped with SIGTERM and
+//! restarted is in tests/pipeline.rs.
 
 mod support;
 
@@ -15,29 +16,36 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::{
-    Process, REDIS_MAXMEMORY, Redis, Service, backends, eventually, failed_flushes, logged_units,
-    quick, worker,
+    Process, REDIS_MAXMEMORY, Redis, Service, backends, eventually, failed_flushes, json_fields,
+    json_log, logged_units, quick, units_done,
 };
+
+/// A worker that logs JSON, so that its counts are read from fields.
+fn worker(rng: &Service, hasher: &Service, redis: &Redis, env: &[(&str, String)]) -> Process {
+    support::worker(rng, hasher, redis, &[env, &[json_log()]].concat())
+}
 
 /// The units of each batch the worker logged, in order.
 fn batches(worker: &Process) -> Vec<u64> {
     worker
         .log()
         .iter()
-        .filter_map(|line| {
-            let (before, _) = line.split_once(" units of work done")?;
-            before.rsplit(' ').next()?.parse().ok()
-        })
+        .filter_map(|line| units_done(line))
         .collect()
 }
 
-/// The number after `field=` in `line`.
+/// The number in the field `field` of the JSON log line `line`.
 fn field(line: &str, field: &str) -> u64 {
-    line.split(&format!("{field}="))
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {field}= in {line:?}"))
+    json_fields(line)
+        .and_then(|fields| fields.get(field)?.as_u64())
+        .unwrap_or_else(|| panic!("no number {field} in {line:?}"))
+}
+
+/// The text of the field `field` of the JSON log line `line`, or "" without one.
+fn text(line: &str, field: &str) -> String {
+    json_fields(line)
+        .and_then(|fields| Some(fields.get(field)?.as_str()?.to_string()))
+        .unwrap_or_default()
 }
 
 /// Waits until the worker failed `count` more flushes of `kind` than `before`.
@@ -281,8 +289,8 @@ fn a_key_of_the_wrong_type_stops_the_flush_whole_and_its_units_land_once_fixed()
             &format!("WRONGTYPE key {key} holds a"),
             Duration::from_secs(10),
         );
-        assert!(line.contains("kind=wrong_type"), "{line}");
-        assert!(line.contains("nothing written"), "{line}");
+        assert_eq!(text(&line, "kind"), "wrong_type", "{line}");
+        assert!(text(&line, "error").contains("nothing written"), "{line}");
         let json = eventually(
             Duration::from_secs(5),
             "the dashboard to name the key",
@@ -369,8 +377,11 @@ fn at_maxmemory_writes_are_refused_and_nothing_is_lost_once_memory_is_freed() {
             .then_some(json)
     });
     assert_eq!(json["hashes"].as_u64(), Some(held), "{json}");
-    let line = worker.wait_for_log("kind=oom", Duration::from_secs(1));
-    assert!(line.contains("cannot update Redis"), "{line}");
+    let line = worker.wait_for_log(r#""kind":"oom""#, Duration::from_secs(1));
+    assert!(
+        text(&line, "message").contains("cannot update Redis"),
+        "{line}"
+    );
 
     // Freeing four megabytes brings Redis well under its limit again.
     let _: () = redis::cmd("DEL")

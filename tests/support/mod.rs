@@ -622,26 +622,63 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// The units of work a worker logged ("N units of work done, updating hash counter"), summed.
+/// The structured fields of a log line written with `LOG_FORMAT=json` (the message is the field
+/// `message`), or `None` for a line in any other format.
+pub fn json_fields(line: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str::<serde_json::Value>(line)
+        .ok()?
+        .get("fields")?
+    {
+        serde_json::Value::Object(fields) => Some(fields.clone()),
+        _ => None,
+    }
+}
+
+/// The units of work one JSON log line of a worker says were done: the `units` field of its
+/// "N units of work done, updating hash counter" line.
+pub fn units_done(line: &str) -> Option<u64> {
+    let fields = json_fields(line)?;
+    let message = fields.get("message")?.as_str()?;
+    message
+        .ends_with("units of work done, updating hash counter")
+        .then_some(())?;
+    fields.get("units")?.as_u64()
+}
+
+/// The units of work a worker logged, summed. The worker must log JSON (`LOG_FORMAT=json`): the
+/// count is read from its `units` field, not parsed from the sentence.
 pub fn logged_units(worker: &Process) -> u64 {
     worker
         .log()
         .iter()
-        .filter_map(|line| {
-            let (before, _) = line.split_once(" units of work done")?;
-            before.rsplit(' ').next()?.parse::<u64>().ok()
-        })
+        .filter_map(|line| units_done(line))
         .sum()
 }
 
-/// The address of a worker's admin listener (`/metrics`, `/healthz`), from its log.
+/// The address of a worker's admin listener (`/metrics`, `/healthz`), from its log, in either
+/// format.
 pub fn worker_admin(worker: &Process) -> String {
-    let line = worker.wait_for_log("listening addr=", START_DEADLINE);
-    let addr = line.split("listening addr=").nth(1).expect("an address");
-    format!(
-        "http://{}",
-        addr.split_whitespace().next().expect("an address")
-    )
+    let addr = eventually(START_DEADLINE, "the worker to listen", || {
+        worker
+            .log()
+            .iter()
+            .find_map(|line| match json_fields(line) {
+                Some(fields) if fields.get("message")? == "listening" => {
+                    Some(fields.get("addr")?.as_str()?.to_string())
+                }
+                Some(_) => None,
+                None => {
+                    let rest = line.split("listening addr=").nth(1)?;
+                    Some(rest.split_whitespace().next()?.to_string())
+                }
+            })
+    });
+    format!("http://{addr}")
+}
+
+/// A worker's settings for a log of one JSON object per line, from which [`logged_units`] reads.
+pub fn json_log() -> (&'static str, String) {
+    ("LOG_FORMAT", "json".to_string())
 }
 
 /// The flushes a worker failed so far, by kind (`dockercoins_redis_errors_total{kind}`), or all

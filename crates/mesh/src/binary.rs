@@ -71,6 +71,8 @@ where
                 .unwrap_or_else(|line| config::exit_invalid::<C>(&line))
         });
         telemetry::init(exporter.as_ref());
+        // Before the service is built: the handles it takes then record into this recorder.
+        telemetry::metrics::install();
         let shutdown = shutdown::on_signal(config.limits().shutdown_grace);
         let listener = serve::bind(config.listen()).await?;
         serve(config, listener, shutdown).await?;

@@ -144,7 +144,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(assets::routes())
         .route("/json", get(json))
-        .route_layer(mesh::telemetry::metrics::RecordLayer)
+        .route_layer(mesh::telemetry::metrics::RecordLayer::default())
         // After the routes: it applies to those already added.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -19,6 +19,14 @@ const PROBE_SERVICES: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// The encoded descriptor sets of [`PROBE_SERVICES`], served by reflection beside the service's
+/// own and read for the names of the methods that metrics count.
+const PROBE_DESCRIPTOR_SETS: [&[u8]; 3] = [
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
 /// Largest health request or answer: a service name and a status. A limit far below tonic's 4 MiB
 /// default matters because health stays outside every queue and admission layer: tonic refuses a
 /// larger message from its length prefix (OUT_OF_RANGE), before reading it into memory.
@@ -98,15 +106,13 @@ pub async fn health_and_reflection(
     // Advertise exactly what this server serves: a set may describe more services than it
     // serves, and listing another service would send grpcurl users to the wrong port.
     let reflection = || {
-        let builder = descriptor_sets.iter().copied().fold(
-            tonic_reflection::server::Builder::configure().include_reflection_service(false),
-            |builder, set| builder.register_encoded_file_descriptor_set(set),
-        );
-        let builder = builder
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        let builder = descriptor_sets
+            .iter()
+            .copied()
+            .chain(PROBE_DESCRIPTOR_SETS)
+            .fold(
+                tonic_reflection::server::Builder::configure().include_reflection_service(false),
+                |builder, set| builder.register_encoded_file_descriptor_set(set),
             );
         services
             .iter()
@@ -156,13 +162,21 @@ where
     S::Future: Send + 'static,
 {
     let (health, grpc) = health_and_reflection(&[S::NAME], &[descriptor_set]).await;
+    // Calls are counted per method of the services this port serves, and no other name.
+    let services: Vec<&str> = std::iter::once(S::NAME).chain(PROBE_SERVICES).collect();
+    let sets: Vec<&[u8]> = std::iter::once(descriptor_set)
+        .chain(PROBE_DESCRIPTOR_SETS)
+        .collect();
+    let methods = methods(&services, &sets);
+    let record = crate::telemetry::metrics::RecordLayer::with_grpc_methods(methods);
     let grpc = grpc.add_service(queue.service(service)).into_axum_router();
     let shim = shim.layer(queue);
     let app = shim
         .merge(grpc)
         // Injected faults delay or fail a request before it queues (see `crate::admin::fault`).
         .route_layer(fault.clone())
-        .route_layer(crate::telemetry::metrics::RecordLayer)
+        // Counts and times each request until its answer ends (see `crate::telemetry::metrics`).
+        .route_layer(record)
         // `/metrics` and the fault switch are on the admin port (`crate::admin`): nothing a
         // client sends here changes the service.
         .fallback(fallback)
@@ -179,6 +193,30 @@ where
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
         ));
     (health, app)
+}
+
+/// The full path (`/package.Service/Method`) of every method of `services`, as the encoded
+/// `descriptor_sets` describe them.
+fn methods(services: &[&str], descriptor_sets: &[&[u8]]) -> Vec<String> {
+    use prost::Message as _;
+    let mut methods = Vec::new();
+    for &set in descriptor_sets {
+        let set = prost_types::FileDescriptorSet::decode(set)
+            .expect("the compiled descriptor sets are valid");
+        for file in &set.file {
+            for service in &file.service {
+                let name = match file.package() {
+                    "" => service.name().to_string(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                if services.contains(&name.as_str()) {
+                    let paths = service.method.iter();
+                    methods.extend(paths.map(|method| format!("/{name}/{}", method.name())));
+                }
+            }
+        }
+    }
+    methods
 }
 
 /// Answers requests that match no route: gRPC's UNIMPLEMENTED for gRPC clients, and a 404 with a
@@ -233,4 +271,24 @@ where
     )?;
     reporter.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_methods_of_the_served_services_are_read_from_their_descriptors() {
+        let methods = methods(&["grpc.health.v1.Health"], &PROBE_DESCRIPTOR_SETS);
+        for method in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+        ] {
+            assert!(methods.iter().any(|known| known == method), "{methods:?}");
+        }
+        assert!(
+            !methods.iter().any(|known| known.contains("Reflection")),
+            "only the services asked for: {methods:?}"
+        );
+    }
 }

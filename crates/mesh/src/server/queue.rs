@@ -74,22 +74,30 @@ struct Shared {
     waiting: AtomicUsize,
     /// Most requests that may wait; the next is refused.
     max_waiting: usize,
+    /// `dockercoins_queue_depth` and `dockercoins_queue_wait_seconds`, registered once: they
+    /// change on every queued request.
+    depth: metrics::Gauge,
+    wait: metrics::Histogram,
 }
 
 impl Queue {
     /// A queue that lets `limit` requests run at once (`0` means unlimited, and then nothing
     /// waits), with room for `max_waiting` more to wait for their turn (`0`: none wait, a
     /// request that finds every turn taken is refused at once).
+    ///
+    /// Its metrics go to the recorder installed when it is made (mesh's `main` installs it
+    /// before a service builds anything).
     pub fn new(limit: usize, max_waiting: usize) -> Self {
-        if limit > 0 {
-            metrics::gauge!("dockercoins_queue_depth").set(0.0);
-        }
         Self {
             shared: (limit > 0).then(|| {
+                let depth = metrics::gauge!("dockercoins_queue_depth");
+                depth.set(0.0);
                 Arc::new(Shared {
                     semaphore: Semaphore::new(limit),
                     waiting: AtomicUsize::new(0),
                     max_waiting,
+                    depth,
+                    wait: metrics::histogram!("dockercoins_queue_wait_seconds"),
                 })
             }),
         }
@@ -272,7 +280,7 @@ where
                 Err(refused) => return Ok(refused.answer(grpc)),
             };
             let waited = queued.elapsed();
-            metrics::histogram!("dockercoins_queue_wait_seconds").record(waited.as_secs_f64());
+            shared.wait.record(waited.as_secs_f64());
             let served = inner.oneshot(request);
             let mut response = match deadline {
                 Some(deadline) => match tokio::time::timeout_at(deadline, served).await {
@@ -337,7 +345,7 @@ impl<'a> Waiting<'a> {
                 (waiting < shared.max_waiting).then_some(waiting + 1)
             })
             .ok()?;
-        metrics::gauge!("dockercoins_queue_depth").set((before + 1) as f64);
+        shared.depth.set((before + 1) as f64);
         Some(Self(shared))
     }
 }
@@ -345,7 +353,7 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let depth = self.0.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("dockercoins_queue_depth").set(depth as f64);
+        self.0.depth.set(depth as f64);
     }
 }
 

@@ -3,19 +3,25 @@
 //! The `metrics` facade records; metrics-exporter-prometheus keeps the values and renders the text
 //! format. Names follow Prometheus conventions, units in the name: `dockercoins_requests_total`,
 //! `dockercoins_request_duration_seconds`.
+//!
+//! Requests are recorded through handles (`metrics::Counter`, `metrics::Histogram`) that belong to
+//! one route or one gRPC method, registered the first time it is used and then shared without a
+//! lock: the request path looks nothing up by name. A request's outcome and duration are taken
+//! when its answer ends, not when its headers are ready: a gRPC status travels in the trailers
+//! after a streamed answer, and the answer's body is part of what a caller waits for.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
-use axum::response::Response;
 use axum::routing::get;
 use http::Request;
-use metrics::{Counter, Histogram, SharedString};
+use http_body::{Body, Frame, SizeHint};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, Service};
 
@@ -73,37 +79,123 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
     )
 }
 
-/// The layer (for `Router::route_layer`, which runs after routing, so that the matched route is
-/// known) that counts and times every request: `dockercoins_requests_total` and
+/// The layer, for `Router::route_layer` (which runs after routing, so that the matched route is
+/// known), that counts and times every request: `dockercoins_requests_total` and
 /// `dockercoins_request_duration_seconds`, labelled by protocol (grpc or http), route and outcome
 /// (the gRPC status code, or the HTTP status).
 ///
-/// A tower layer rather than `axum::middleware::from_fn`, and with each series' handles looked up
-/// once: in callgrind, `from_fn` (which clones the inner router and boxes a large future per
-/// request) and the registry's per-call key building cost 5,500 instructions per shim request,
-/// 17% of rng's user-space work (docs/BENCHMARKS.md).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RecordLayer;
+/// Labels come from route templates and from the gRPC methods the layer was given, never from
+/// what a client typed: `/{n}` must not make one series per size, an unknown method must not make
+/// one series per name, and a gRPC content type on an HTTP route (`POST /123`) is still that HTTP
+/// route's series. Every gRPC call to a method the layer does not know shares one `unmatched`
+/// series.
+///
+/// `route_layer` calls [`Layer::layer`] once per route, so each route's service keeps the handles
+/// of its own series. A tower layer rather than `axum::middleware::from_fn`, which clones the
+/// inner router and boxes a large future per request.
+#[derive(Clone, Debug)]
+pub struct RecordLayer {
+    known: Arc<Known>,
+}
+
+impl Default for RecordLayer {
+    /// A layer for a router that serves no gRPC method: every gRPC call is `unmatched`.
+    fn default() -> Self {
+        Self::with_grpc_methods(std::iter::empty::<String>())
+    }
+}
+
+impl RecordLayer {
+    /// A layer that names a gRPC call's series after its method when the method is one of
+    /// `methods`, each a full path (`/dockercoins.rng.v1.RngService/Generate`).
+    pub fn with_grpc_methods(methods: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let methods = methods
+            .into_iter()
+            .map(|method| {
+                let method: Box<str> = Into::<String>::into(method).into();
+                let series = Arc::new(Series::new(Protocol::Grpc, &method));
+                (method, series)
+            })
+            .collect();
+        Self {
+            known: Arc::new(Known {
+                methods,
+                unmatched_grpc: Arc::new(Series::new(Protocol::Grpc, UNMATCHED)),
+                unmatched_http: Arc::new(Series::new(Protocol::Http, UNMATCHED)),
+            }),
+        }
+    }
+}
 
 impl<S> Layer<S> for RecordLayer {
     type Service = Record<S>;
 
     fn layer(&self, inner: S) -> Record<S> {
-        Record { inner }
+        Record {
+            inner,
+            known: self.known.clone(),
+            route: Arc::default(),
+        }
     }
 }
+
+/// The series one layer knows before any request: one per gRPC method, and the `unmatched` ones.
+/// Read-only once built, so requests share it without a lock.
+#[derive(Debug)]
+struct Known {
+    methods: HashMap<Box<str>, Arc<Series>>,
+    unmatched_grpc: Arc<Series>,
+    unmatched_http: Arc<Series>,
+}
+
+/// The route label of every request that has no series of its own.
+const UNMATCHED: &str = "unmatched";
+
+/// How tonic's router names a gRPC service's route: `/{service}/{*rest}`.
+const GRPC_SERVICE_ROUTE: &str = "/{*rest}";
 
 /// A service whose requests [`RecordLayer`] counts and times.
 #[derive(Clone, Debug)]
 pub struct Record<S> {
     inner: S,
+    known: Arc<Known>,
+    /// The series of the HTTP route this service serves, set by its first request (the route's
+    /// template is known only from a request's `MatchedPath`).
+    route: Arc<OnceLock<Arc<Series>>>,
 }
 
-impl<S, B> Service<Request<B>> for Record<S>
+impl<S> Record<S> {
+    /// The series of a request: its gRPC method's, its HTTP route's, or an `unmatched` one.
+    fn series<B>(&self, request: &Request<B>) -> Arc<Series> {
+        let Some(matched) = request.extensions().get::<MatchedPath>() else {
+            return self.known.unmatched_http.clone();
+        };
+        let matched = matched.as_str();
+        // A gRPC service's route matches the whole service; the method is the path.
+        if matched.ends_with(GRPC_SERVICE_ROUTE) && crate::headers::is_grpc(request.headers()) {
+            let known = &self.known;
+            let series = known.methods.get(request.uri().path());
+            return series.unwrap_or(&known.unmatched_grpc).clone();
+        }
+        let series = self
+            .route
+            .get_or_init(|| Arc::new(Series::new(Protocol::Http, matched)));
+        if &*series.route == matched {
+            series.clone()
+        } else {
+            // The layer wraps several routes (`Router::layer`, not `route_layer`): still one
+            // series per template, with handles registered per request.
+            Arc::new(Series::new(Protocol::Http, matched))
+        }
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Record<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = http::Response<ResBody>>,
+    ResBody: Body,
 {
-    type Response = Response;
+    type Response = http::Response<RecordedBody<ResBody>>;
     type Error = S::Error;
     type Future = Recorded<S::Future>;
 
@@ -112,186 +204,323 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // Labels come from route templates and from the methods a gRPC service answers, never
-        // from what a client typed: `/{n}` must not make one series per size, and a gRPC content
-        // type on an HTTP route (`POST /123`) is still that HTTP route's series. A gRPC service's
-        // route matches the whole service (`/pkg.Service/{*rest}`); the method is the path, kept
-        // only if the service knows it (see `record`).
-        let route = match request.extensions().get::<MatchedPath>() {
-            Some(matched)
-                if matched.as_str().ends_with(GRPC_SERVICE_ROUTE)
-                    && crate::headers::is_grpc(request.headers()) =>
-            {
-                Route::Grpc(request.uri().path().into())
-            }
-            Some(matched) => Route::Http(matched.clone()),
-            None => Route::Unmatched,
+        let pending = Pending {
+            series: self.series(&request),
+            started: Instant::now(),
+            code: None,
         };
         Recorded {
             inner: self.inner.call(request),
-            started: Instant::now(),
-            route: Some(route),
+            pending: Some(pending),
         }
     }
 }
 
-/// How tonic's router names a gRPC service's route: `/{service}/{*rest}`.
-const GRPC_SERVICE_ROUTE: &str = "/{*rest}";
-
-/// What a request's series is named after, until its answer says its outcome.
-enum Route {
-    Grpc(Box<str>),
-    Http(MatchedPath),
-    Unmatched,
-}
-
 pin_project_lite::pin_project! {
-    /// The response future of [`Record`]: records when the answer is ready.
+    /// The response future of [`Record`]: hands the answer's outcome so far to its body.
     pub struct Recorded<F> {
         #[pin]
         inner: F,
-        started: Instant,
-        route: Option<Route>,
+        pending: Option<Pending>,
     }
 }
 
-impl<F, E> Future for Recorded<F>
+impl<F, B, E> Future for Recorded<F>
 where
-    F: Future<Output = Result<Response, E>>,
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Body,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<RecordedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(route)) = (&result, this.route.take()) {
-            record(route, response, this.started.elapsed());
-        }
-        Poll::Ready(result)
+        Poll::Ready(result.map(|response| {
+            let pending = this
+                .pending
+                .take()
+                .map(|pending| pending.answered(&response));
+            response.map(|body| RecordedBody::new(body, pending))
+        }))
     }
 }
 
-/// The gRPC status codes as label values: 0 (OK) to 16 (UNAUTHENTICATED).
-const GRPC_CODES: [&str; 17] = [
-    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-];
-/// UNIMPLEMENTED: the method does not exist, so its path is not a route worth a series.
-const UNIMPLEMENTED: &str = "12";
+pin_project_lite::pin_project! {
+    /// An answer's body that records its request when it ends: at its last frame (the trailers
+    /// of a gRPC answer), at once if it is empty, or when it is dropped unfinished.
+    pub struct RecordedBody<B> {
+        #[pin]
+        inner: B,
+        pending: Option<Pending>,
+    }
 
-/// The handles of one route's series, per protocol: the duration, and a count per outcome.
-#[derive(Default)]
+    impl<B> PinnedDrop for RecordedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its end: the client went away, or the connection did.
+            if let Some(pending) = this.project().pending.take() {
+                pending.finish(CANCELLED);
+            }
+        }
+    }
+}
+
+impl<B: Body> RecordedBody<B> {
+    fn new(inner: B, pending: Option<Pending>) -> Self {
+        // An empty body (a trailers-only gRPC answer, a 204) may never be polled.
+        let pending = match pending {
+            Some(pending) if inner.is_end_stream() => {
+                pending.finish(NO_STATUS);
+                None
+            }
+            pending => pending,
+        };
+        Self { inner, pending }
+    }
+}
+
+impl<B: Body> Body for RecordedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(trailers), Some(pending)) =
+                    (frame.trailers_ref(), this.pending.as_mut())
+                {
+                    pending.trailers(trailers);
+                }
+                this.inner.is_end_stream().then_some(NO_STATUS)
+            }
+            // hyper resets the stream, which gRPC clients report as INTERNAL.
+            Some(Err(_)) => Some(INTERNAL),
+            None => Some(NO_STATUS),
+        };
+        if let Some(otherwise) = ended
+            && let Some(pending) = this.pending.take()
+        {
+            pending.finish(otherwise);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// gRPC status codes this module names.
+const CANCELLED: u16 = 1;
+const UNKNOWN: u16 = 2;
+const PERMISSION_DENIED: u16 = 7;
+const UNIMPLEMENTED: u16 = 12;
+const INTERNAL: u16 = 13;
+const UNAVAILABLE: u16 = 14;
+const UNAUTHENTICATED: u16 = 16;
+/// What a gRPC answer that ended without a `grpc-status` counts as: UNKNOWN, as clients see it.
+const NO_STATUS: u16 = UNKNOWN;
+
+/// A request on its way: its series, when it started, and its outcome once known (an HTTP status,
+/// or a gRPC status code from the headers of a trailers-only answer or from the trailers).
+struct Pending {
+    series: Arc<Series>,
+    started: Instant,
+    code: Option<u16>,
+}
+
+impl Pending {
+    /// Takes what the answer's head says.
+    fn answered<B>(mut self, response: &http::Response<B>) -> Self {
+        let status = response.status();
+        self.code = match self.series.protocol {
+            Protocol::Http => Some(status.as_u16()),
+            Protocol::Grpc => grpc_status(response.headers())
+                .or_else(|| (status != http::StatusCode::OK).then(|| grpc_code_of(status))),
+        };
+        self
+    }
+
+    /// Takes a gRPC status from the trailers, where a streamed answer sends it.
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if self.series.protocol == Protocol::Grpc
+            && let Some(code) = grpc_status(trailers)
+        {
+            self.code = Some(code);
+        }
+    }
+
+    /// Records the request, as `otherwise` if no gRPC status came.
+    fn finish(self, otherwise: u16) {
+        let code = self.code.unwrap_or(otherwise);
+        self.series.record(code, self.started.elapsed());
+    }
+}
+
+/// The `grpc-status` in `headers`, if any; a value no gRPC code has is UNKNOWN, as tonic reads it.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    let value = headers.get("grpc-status")?;
+    Some(tonic::Code::from_bytes(value.as_bytes()) as u16)
+}
+
+/// What a gRPC client makes of an HTTP status that came without a `grpc-status`
+/// (grpc/doc/http-grpc-status-mapping.md, as tonic applies it).
+fn grpc_code_of(status: http::StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => INTERNAL,
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => UNAVAILABLE,
+        _ => UNKNOWN,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// How many outcomes a series keeps handles for: every gRPC code, and more HTTP statuses than a
+/// route answers with. An outcome past them is recorded by name, which is slower, not wrong.
+const OUTCOMES: usize = 17;
+
+/// The handles of one route's (or method's) series: its duration, and a count per outcome. Each
+/// is registered with the recorder when first used, so that `/metrics` lists only what happened.
+#[derive(Debug)]
 struct Series {
-    routes: [HashMap<Box<str>, RouteSeries>; 2],
+    protocol: Protocol,
+    route: Box<str>,
+    duration: OnceLock<Histogram>,
+    /// Filled in order, each slot once: lock-free to read, and a race for a slot is lost by one
+    /// side only, which moves on to the next.
+    outcomes: [OnceLock<(u16, Counter)>; OUTCOMES],
 }
 
-struct RouteSeries {
-    duration: Histogram,
-    requests: HashMap<SharedString, Counter>,
-}
-
-static SERIES: LazyLock<Mutex<Series>> = LazyLock::new(Mutex::default);
-
-fn record(route: Route, response: &Response, elapsed: Duration) {
-    let grpc = matches!(route, Route::Grpc(_));
-    let code: SharedString = if grpc {
-        // tonic answers errors trailers-only (the status in the headers); success has it in the
-        // trailers, after this layer sees the response.
-        let code = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("0");
-        match GRPC_CODES.iter().find(|known| **known == code) {
-            Some(known) => SharedString::const_str(known),
-            None => SharedString::from_owned(code.to_string()),
+impl Series {
+    fn new(protocol: Protocol, route: &str) -> Self {
+        Self {
+            protocol,
+            route: route.into(),
+            duration: OnceLock::new(),
+            outcomes: std::array::from_fn(|_| OnceLock::new()),
         }
-    } else {
-        SharedString::from_owned(response.status().as_str().to_string())
-    };
-    let route = match &route {
-        Route::Grpc(_) if &*code == UNIMPLEMENTED => "unmatched",
-        Route::Grpc(path) => path,
-        Route::Http(matched) => matched.as_str(),
-        Route::Unmatched => "unmatched",
-    };
-    let protocol = if grpc { "grpc" } else { "http" };
-    let mut series = SERIES.lock().unwrap_or_else(PoisonError::into_inner);
-    let routes = &mut series.routes[usize::from(grpc)];
-    if !routes.contains_key(route) {
-        let labels = [
-            ("protocol", protocol.to_string()),
-            ("route", route.to_string()),
-        ];
-        let duration = metrics::histogram!("dockercoins_request_duration_seconds", &labels);
-        let requests = HashMap::new();
-        routes.insert(route.into(), RouteSeries { duration, requests });
     }
-    let route_series = routes.get_mut(route).expect("inserted above");
-    route_series.duration.record(elapsed.as_secs_f64());
-    route_series
-        .requests
-        .entry(code)
-        .or_insert_with_key(|code| {
+
+    fn record(&self, code: u16, elapsed: Duration) {
+        self.duration
+            .get_or_init(|| {
+                metrics::histogram!(
+                    "dockercoins_request_duration_seconds",
+                    "protocol" => self.protocol.label(),
+                    "route" => self.route.to_string(),
+                )
+            })
+            .record(elapsed.as_secs_f64());
+        let register = || {
             metrics::counter!(
                 "dockercoins_requests_total",
-                "protocol" => protocol,
-                "route" => route.to_string(),
-                "code" => code.clone(),
+                "protocol" => self.protocol.label(),
+                "route" => self.route.to_string(),
+                "code" => code.to_string(),
             )
-        })
-        .increment(1);
+        };
+        for slot in &self.outcomes {
+            let (outcome, requests) = slot.get_or_init(|| (code, register()));
+            if *outcome == code {
+                requests.increment(1);
+                return;
+            }
+        }
+        register().increment(1);
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::body::Body;
+    use std::convert::Infallible;
+
+    use axum::body::Body as AxumBody;
+    use axum::response::Response;
     use axum::routing::post;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
     use tower::ServiceExt;
 
     use super::*;
 
     /// A stand-in gRPC service (routed as tonic routes one, `/{service}/{*rest}`) beside an HTTP
-    /// route with a parameter: answers trailers-only with the status its method name asks for.
+    /// route with a parameter: `Known` answers OK trailers-only, other methods UNIMPLEMENTED.
     fn grpc_router() -> axum::Router {
         let answer = |request: axum::extract::Request| async move {
             let code = if request.uri().path().ends_with("/Known") {
                 "0"
             } else {
-                UNIMPLEMENTED
+                "12"
             };
             Response::builder()
                 .header(http::header::CONTENT_TYPE, "application/grpc")
                 .header("grpc-status", code)
-                .body(Body::empty())
+                .body(AxumBody::empty())
                 .unwrap()
         };
         axum::Router::new()
             .route("/test.v1.Metrics/{*rest}", post(answer))
-            .route("/{n}", axum::routing::get(|| async { "bytes" }))
-            .route_layer(RecordLayer)
+            .route("/{n}", get(|| async { "bytes" }))
+            .route_layer(RecordLayer::with_grpc_methods(["/test.v1.Metrics/Known"]))
+            .with_state(())
+    }
+
+    /// A gRPC call to `path` with an empty body.
+    fn call(path: &str) -> Request<AxumBody> {
+        Request::post(path)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(AxumBody::empty())
+            .unwrap()
+    }
+
+    /// The value of the sample `name{labels}` in the Prometheus text.
+    fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+        let series = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.parse().ok())
+    }
+
+    /// The calls counted for a gRPC route and code.
+    fn grpc_count(text: &str, route: &str, code: &str) -> Option<f64> {
+        let labels = format!("protocol=\"grpc\",route=\"{route}\",code=\"{code}\"");
+        sample(text, "dockercoins_requests_total", &labels)
     }
 
     #[tokio::test]
     async fn counts_grpc_calls_per_method_and_unknown_methods_as_one_series() {
         let handle = install();
         for method in ["Known", "Known", "Bogus1", "Bogus2"] {
-            let request = Request::post(format!("/test.v1.Metrics/{method}"))
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .body(Body::empty())
-                .unwrap();
-            grpc_router().oneshot(request).await.unwrap();
+            let path = format!("/test.v1.Metrics/{method}");
+            grpc_router().oneshot(call(&path)).await.unwrap();
         }
         let text = handle.render();
-        let count = |route: &str, code: &str| {
-            let series = format!(
-                "dockercoins_requests_total{{protocol=\"grpc\",route=\"{route}\",code=\"{code}\"}} "
-            );
-            text.lines()
-                .find_map(|line| line.strip_prefix(&series))
-                .and_then(|value| value.parse::<u64>().ok())
-        };
-        assert_eq!(count("/test.v1.Metrics/Known", "0"), Some(2), "{text}");
-        assert_eq!(count("unmatched", UNIMPLEMENTED), Some(2), "{text}");
+        assert_eq!(grpc_count(&text, "/test.v1.Metrics/Known", "0"), Some(2.0));
+        assert_eq!(grpc_count(&text, "unmatched", "12"), Some(2.0), "{text}");
         assert!(!text.contains("Bogus"), "{text}");
     }
 
@@ -303,20 +532,85 @@ mod tests {
                 .filter(|line| line.starts_with("dockercoins_requests_total"))
                 .count()
         };
-        let send = |path: String| {
-            let request = Request::post(path)
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .body(Body::empty())
-                .unwrap();
-            grpc_router().oneshot(request)
-        };
-        send("/0".to_string()).await.unwrap();
+        grpc_router().oneshot(call("/0")).await.unwrap();
         let before = series(&handle.render());
         for n in 1..200 {
-            send(format!("/{n}")).await.unwrap();
+            grpc_router().oneshot(call(&format!("/{n}"))).await.unwrap();
         }
         let text = handle.render();
         assert_eq!(series(&text), before, "{text}");
         assert!(!text.contains("route=\"/17\""), "{text}");
+    }
+
+    /// A gRPC service that answers every call with a message, then waits `pause`, then sends
+    /// `grpc-status: code` in the trailers, as a streamed (not trailers-only) answer does.
+    fn streaming_router(method: &str, code: &'static str, pause: Duration) -> axum::Router {
+        let answer = move || async move {
+            let message = futures::stream::once(async {
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\0\0\0\0\0")))
+            });
+            let trailers = futures::stream::once(async move {
+                tokio::time::sleep(pause).await;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+                Ok(Frame::trailers(trailers))
+            });
+            let body = StreamBody::new(futures::StreamExt::chain(message, trailers));
+            Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .body(AxumBody::new(body))
+                .unwrap()
+        };
+        let method = format!("/test.v1.Streaming/{method}");
+        axum::Router::new()
+            .route("/test.v1.Streaming/{*rest}", post(answer))
+            .route_layer(RecordLayer::with_grpc_methods([method]))
+            .with_state(())
+    }
+
+    #[tokio::test]
+    async fn a_grpc_error_in_the_trailers_is_counted_as_that_error() {
+        let handle = install();
+        let router = streaming_router("Unavailable", "14", Duration::ZERO);
+        let response = router.oneshot(call("/test.v1.Streaming/Unavailable")).await;
+        let route = "/test.v1.Streaming/Unavailable";
+        assert_eq!(
+            grpc_count(&handle.render(), route, "14"),
+            None,
+            "not before the end"
+        );
+        response.unwrap().into_body().collect().await.unwrap();
+        let text = handle.render();
+        assert_eq!(grpc_count(&text, route, "14"), Some(1.0), "{text}");
+        assert_eq!(grpc_count(&text, route, "0"), None, "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_duration_covers_a_slow_body() {
+        let handle = install();
+        let pause = Duration::from_millis(200);
+        let router = streaming_router("Slow", "0", pause);
+        let response = router.oneshot(call("/test.v1.Streaming/Slow")).await;
+        response.unwrap().into_body().collect().await.unwrap();
+        let text = handle.render();
+        let labels = "protocol=\"grpc\",route=\"/test.v1.Streaming/Slow\"";
+        let name = "dockercoins_request_duration_seconds";
+        assert_eq!(sample(&text, &format!("{name}_count"), labels), Some(1.0));
+        let seconds = sample(&text, &format!("{name}_sum"), labels).unwrap();
+        assert!(seconds >= pause.as_secs_f64(), "{seconds} s: {text}");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_answer_is_dropped_unfinished_counts_as_cancelled() {
+        let handle = install();
+        let router = streaming_router("Dropped", "0", Duration::from_secs(60));
+        let response = router.oneshot(call("/test.v1.Streaming/Dropped")).await;
+        let mut body = response.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        let text = handle.render();
+        let route = "/test.v1.Streaming/Dropped";
+        assert_eq!(grpc_count(&text, route, "1"), Some(1.0), "{text}");
+        assert_eq!(grpc_count(&text, route, "0"), None, "{text}");
     }
 }
