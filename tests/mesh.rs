@@ -1,5 +1,5 @@
 //! The mesh on loopback: three rng replicas listed in RNG_ENDPOINT, ten units in flight, and the
-//! worker's balancer spreading (p2c) or pinning (pick_first) the calls; a replica stopped with
+//! worker's balancer spreading (round_robin) or pinning (pick_first) the calls; a replica stopped with
 //! SIGTERM costs no call; every answer names its replica.
 
 mod support;
@@ -91,7 +91,7 @@ fn even(shares: &[f64]) -> bool {
 }
 
 #[test]
-fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
+fn round_robin_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
     let redis = Redis::start();
     let rngs = three_rngs();
     let hasher = Service::start("hasher", &[]);
@@ -109,22 +109,22 @@ fn p2c_spreads_ten_units_over_three_rng_replicas_and_pick_first_does_not() {
 
     // One worker with ten units in flight, then ten workers with one each (compose's shape, the
     // harder one: each worker sees only its own call).
-    let (one, one_shares) = spread(&redis, &rngs, start("p2c", 1, 10), window);
-    let (ten, ten_shares) = spread(&redis, &rngs, start("p2c", 10, 1), window);
+    let (one, one_shares) = spread(&redis, &rngs, start("round_robin", 1, 10), window);
+    let (ten, ten_shares) = spread(&redis, &rngs, start("round_robin", 10, 1), window);
     let (pinned, pinned_shares) = spread(&redis, &rngs, start("pick_first", 1, 10), window);
     eprintln!(
-        "3 rng replicas, hashes/s and shares: p2c one worker x10 {one:.2} {one_shares:.3?}, \
-         p2c ten workers {ten:.2} {ten_shares:.3?}, pick_first {pinned:.2} {pinned_shares:.3?}"
+        "3 rng replicas, hashes/s and shares: round_robin one worker x10 {one:.2} {one_shares:.3?}, \
+         round_robin ten workers {ten:.2} {ten_shares:.3?}, pick_first {pinned:.2} {pinned_shares:.3?}"
     );
 
     // One rng serves 10 a second: 25 or more means all three work; pinned, one does.
     assert!(
         one >= 25.0 && even(&one_shares),
-        "p2c, one worker: {one:.2} {one_shares:?}"
+        "round_robin, one worker: {one:.2} {one_shares:?}"
     );
     assert!(
         ten >= 25.0 && even(&ten_shares),
-        "p2c, ten workers: {ten:.2} {ten_shares:?}"
+        "round_robin, ten workers: {ten:.2} {ten_shares:?}"
     );
     assert!(pinned <= 11.0, "pick_first: {pinned:.2} hashes/s");
     assert!(

@@ -46,9 +46,10 @@ pub struct Config {
     /// How often hasher's name is resolved again.
     #[arg(long, env = "HASHER_RESOLVE_INTERVAL", default_value = "5s", value_parser = mesh::config::parse_interval)]
     pub hasher_resolve_interval: Duration,
-    /// How calls are spread over the replicas: p2c (least loaded of two), pick_first (the
-    /// pinning problem), round_robin.
-    #[arg(long, env = "WORKER_LB", default_value = "p2c", value_enum)]
+    /// How calls are spread over the replicas: round_robin (in turn, failing or slow replicas
+    /// ejected for a while; `p2c` is another name for it), least_request (the one with fewer
+    /// calls in flight of two at random, likewise), pick_first (the pinning problem).
+    #[arg(long, env = "WORKER_LB", default_value = "round_robin", value_enum)]
     pub lb: Policy,
     /// Redis holding the `hashes` counter and the `wallet`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = mesh::redis::parse_url)]

@@ -1,21 +1,36 @@
 //! Client-side load balancing over the replicas [`crate::client::discovery`] finds.
 //!
-//! Three policies, so that the workshop can show the problem and the fix:
-//! - `p2c` (default): tower's power-of-two-choices balancer over a PeakEwma-style load measure.
-//!   Each call goes to the less loaded of two replicas: the next two in turn (see
-//!   [`crate::client::load`] for why not two at random), so that calls go round the replicas and a slow
-//!   one is skipped.
+//! What Envoy and linkerd do, in two small layers: a balancer that spreads the calls over the
+//! replicas that are ready, and in front of each replica an outlier detector
+//! ([`crate::client::outlier`]) that makes one that fails or answers far slower than its peers
+//! report not ready for a while. Three policies, so that the workshop can show the problem and the
+//! fix:
+//! - `round_robin` (default): the ready replicas in turn, in address order, each call to the next
+//!   one after the replica called last; outliers are ejected.
+//! - `least_request`: tower's power-of-two-choices balancer over the calls each replica has in
+//!   flight from here (Envoy's `LEAST_REQUEST`); outliers are ejected.
 //! - `pick_first`: every call to the first serving replica (by address), as a plain gRPC channel
-//!   to a service name behaves: the pinning problem.
-//! - `round_robin`: the serving replicas in turn, blind to their load.
+//!   to a service name behaves: the pinning problem. No outlier detection, as in gRPC.
+//!
+//! Why round robin is the default: the workshop's workers each have one call in flight. A worker
+//! that counts its own calls in flight sees every replica at zero, so least-request picks at
+//! random, and two workers' calls often meet at one replica while another idles. Round robin sends
+//! each worker round the replicas in the same order, so their calls follow each other instead
+//! of meeting: on the set-up of `tests/mesh.rs`, ten one-call workers reach the three replicas'
+//! ceiling with round robin and fall well short of it with least-request (docs/BENCHMARKS.md has
+//! the numbers). Least-request pays off where one client has many calls in flight and the
+//! replicas differ in speed, which outlier ejection already covers here.
+//!
+//! `p2c`, the name of an earlier default, is still accepted, for the default.
 //!
 //! Whatever the policy, the result is one cloneable channel with a per-call deadline, which the
 //! generated tonic clients take as they take a `Channel`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -26,28 +41,25 @@ use tonic::transport::Channel;
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::{Change, Discover};
+use tower::load::{CompleteOnResponse, PendingRequests};
 use tower::util::BoxService;
 use tower::{BoxError, Service};
 
-use crate::client::load::{Measured, Rotation};
+use crate::client::outlier::Detector;
 
 /// How calls are spread over the replicas.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 #[clap(rename_all = "snake_case")]
 pub enum Policy {
-    /// Power of two choices over latency-weighted load (spreads, and avoids slow replicas).
-    P2c,
+    /// The ready replicas in turn, outliers ejected.
+    #[value(alias = "p2c")]
+    RoundRobin,
+    /// The one with fewer calls in flight of two ready replicas at random, outliers ejected.
+    LeastRequest,
     /// Always the first serving replica (shows the pinning problem).
     PickFirst,
-    /// Serving replicas in turn, blind to load.
-    RoundRobin,
 }
 
-/// Latency assumed for a replica before any call has been timed.
-const DEFAULT_RTT: Duration = Duration::from_millis(100);
-/// How fast a replica's latency estimate forgets. A replica made slow (+500 ms) is tried again
-/// once every few seconds: with 2 s it still got 15% of the calls of ten workers, with 5 s 5%.
-const DECAY: Duration = Duration::from_secs(5);
 /// Calls waiting for a replica; past this, callers wait for room (backpressure).
 const BUFFER: usize = 1024;
 
@@ -92,21 +104,28 @@ pub fn channel(
     deadline: Duration,
 ) -> Balanced {
     let discover = ReceiverStream::new(changes).map(Ok::<_, std::convert::Infallible>);
+    let detector = Detector::default();
+    let outliers = move |change: Result<Change<SocketAddr, Channel>, _>| {
+        change.map(|change| match change {
+            Change::Insert(key, channel) => Change::Insert(key, detector.named(key, channel)),
+            Change::Remove(key) => Change::Remove(key),
+        })
+    };
     let service: BoxService<Request, Response, BoxError> = match policy {
-        Policy::P2c => {
-            let rotation = Rotation::default();
-            let discover = discover.map(move |change| {
+        Policy::RoundRobin => BoxService::new(Ordered::new(discover.map(outliers), policy)),
+        Policy::LeastRequest => {
+            let discover = discover.map(outliers).map(|change| {
                 change.map(|change| match change {
-                    Change::Insert(key, channel) => Change::Insert(
+                    Change::Insert(key, service) => Change::Insert(
                         key,
-                        Measured::new(channel, key, DEFAULT_RTT, DECAY, &rotation),
+                        PendingRequests::new(service, CompleteOnResponse::default()),
                     ),
                     Change::Remove(key) => Change::Remove(key),
                 })
             });
             BoxService::new(Balance::new(discover))
         }
-        Policy::PickFirst | Policy::RoundRobin => BoxService::new(Ordered::new(discover, policy)),
+        Policy::PickFirst => BoxService::new(Ordered::new(discover, policy)),
     };
     Balanced {
         inner: tower::timeout::Timeout::new(Buffer::new(service, BUFFER), deadline),
@@ -114,11 +133,16 @@ pub fn channel(
 }
 
 /// `pick_first` and `round_robin`: the serving replicas kept in address order.
+///
+/// Address order rather than the order in which they came, so that every worker goes round in the
+/// same order, also after replicas come and go.
 struct Ordered<D: Discover> {
     discover: D,
     replicas: BTreeMap<D::Key, D::Service>,
     policy: Policy,
-    turn: usize,
+    /// The replica called last (it may have gone since): round robin goes on from there.
+    last: Option<D::Key>,
+    /// The replica made ready for the next call.
     chosen: Option<D::Key>,
 }
 
@@ -132,7 +156,7 @@ where
             discover,
             replicas: BTreeMap::new(),
             policy,
-            turn: 0,
+            last: None,
             chosen: None,
         }
     }
@@ -149,6 +173,9 @@ where
                 }
                 Some(Ok(Change::Remove(key))) => {
                     self.replicas.remove(&key);
+                    if self.chosen.as_ref() == Some(&key) {
+                        self.chosen = None;
+                    }
                 }
                 Some(Err(err)) => return Err(err.into()),
                 None => return Err("discovery ended".into()),
@@ -157,16 +184,20 @@ where
         Ok(())
     }
 
-    /// The replica the next call goes to, by policy.
-    fn pick(&mut self) -> Option<D::Key> {
-        let index = match self.policy {
-            Policy::PickFirst | Policy::P2c => 0,
-            Policy::RoundRobin => {
-                self.turn = self.turn.wrapping_add(1);
-                self.turn % self.replicas.len().max(1)
-            }
-        };
-        self.replicas.keys().nth(index).cloned()
+    /// The replicas the next call may go to, in the order they are tried: for `pick_first` the
+    /// first alone, for `round_robin` all of them, starting after the one called last.
+    fn candidates(&self) -> Vec<D::Key> {
+        let keys = self.replicas.keys().cloned();
+        match (self.policy, &self.last) {
+            (Policy::PickFirst, _) => keys.take(1).collect(),
+            (_, Some(last)) => self
+                .replicas
+                .range((Excluded(last), Unbounded))
+                .chain(self.replicas.range(..=last))
+                .map(|(key, _)| key.clone())
+                .collect(),
+            (_, None) => keys.collect(),
+        }
     }
 }
 
@@ -187,28 +218,31 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.update(cx)?;
-        loop {
-            let Some(key) = self.chosen.clone().or_else(|| self.pick()) else {
-                // No serving replica: discovery wakes us when one comes.
-                return Poll::Pending;
-            };
-            let service = self.replicas.get_mut(&key).expect("picked from the map");
-            match ready!(service.poll_ready(cx)) {
-                Ok(()) => {
+        if self.chosen.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // The first that is ready takes the call. Each one that is not has registered to wake
+        // this task when it is; with none at all, discovery wakes it when one comes.
+        for key in self.candidates() {
+            let service = self.replicas.get_mut(&key).expect("a candidate is known");
+            match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
                     self.chosen = Some(key);
                     return Poll::Ready(Ok(()));
                 }
-                Err(err) => {
+                Poll::Ready(Err(err)) => {
                     tracing::debug!(error = %err.into(), "replica failed, dropping it until rediscovered");
                     self.replicas.remove(&key);
-                    self.chosen = None;
                 }
+                Poll::Pending => {}
             }
         }
+        Poll::Pending
     }
 
     fn call(&mut self, request: R) -> Self::Future {
         let key = self.chosen.take().expect("poll_ready before call");
+        self.last = Some(key.clone());
         let future = self
             .replicas
             .get_mut(&key)
@@ -278,8 +312,51 @@ mod tests {
         for _ in 0..6 {
             seen.push(call(&mut balancer).await);
         }
-        seen.sort_unstable();
-        assert_eq!(seen, [1, 1, 2, 2, 3, 3]);
+        assert_eq!(seen, [1, 2, 3, 1, 2, 3], "in address order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_passes_an_ejected_replica_by_until_its_backoff_ends() {
+        use crate::client::outlier::{Detector, Settings};
+
+        let (changes, receiver) = mpsc::channel(16);
+        let detector = Detector::default();
+        let discover = ReceiverStream::new(receiver).map(Ok::<_, std::convert::Infallible>);
+        let mut balancer = Ordered::new(discover, Policy::RoundRobin);
+        for number in [1u16, 2, 3] {
+            // Replica 2 answers every call with UNAVAILABLE, as a failing replica that still
+            // reports SERVING does.
+            let service = tower::service_fn(move |()| async move {
+                let mut response = http::Response::new(number);
+                if number == 2 {
+                    response
+                        .headers_mut()
+                        .insert("grpc-status", http::HeaderValue::from_static("14"));
+                }
+                Ok::<_, BoxError>(response)
+            });
+            changes
+                .send(Change::Insert(number, detector.named(number, service)))
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            let response = balancer.ready().await.unwrap().call(()).await.unwrap();
+            seen.push(response.into_body());
+        }
+        let failures = Settings::default().consecutive_failures as usize;
+        let to_2 = |calls: &[u16]| calls.iter().filter(|&&n| n == 2).count();
+        assert_eq!(to_2(&seen), failures, "in turn until ejected: {seen:?}");
+        assert!(!seen[20..].contains(&2), "then passed by: {seen:?}");
+
+        tokio::time::sleep(Settings::default().base_ejection).await;
+        let mut after = Vec::new();
+        for _ in 0..3 {
+            let response = balancer.ready().await.unwrap().call(()).await.unwrap();
+            after.push(response.into_body());
+        }
+        assert_eq!(to_2(&after), 1, "probed once its backoff ended: {after:?}");
     }
 
     #[tokio::test]

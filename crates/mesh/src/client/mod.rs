@@ -2,4 +2,4 @@
 
 pub mod balance;
 pub mod discovery;
-pub mod load;
+pub mod outlier;

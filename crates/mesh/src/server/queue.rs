@@ -9,8 +9,9 @@
 //! that the wait shows: `dockercoins_queue_depth` (requests waiting now) and
 //! `dockercoins_queue_wait_seconds` (how long each waited) in `/metrics`, and on every answer
 //! (gRPC response metadata) the headers `x-queue-depth` (how many wait behind it) and
-//! `x-queue-wait-ms` (how long it waited). The worker's balancer takes the wait out of the
-//! latency it measures, so that it tells a slow replica from a busy one (see `crate::client::load`).
+//! `x-queue-wait-ms` (how long it waited). The worker's outlier detection takes the wait out of
+//! the latency it measures, so that it tells a slow replica from a busy one (see
+//! `crate::client::outlier`).
 //!
 //! The queue is bounded: at most `max_waiting` requests wait, and the next one is refused at once
 //! (gRPC RESOURCE_EXHAUSTED, HTTP 503 with `Retry-After: 1`), so that a flood of callers costs
