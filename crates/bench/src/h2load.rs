@@ -5,8 +5,9 @@
 //! (a zero compression flag, the length as 4 big-endian bytes, the protobuf), sent with
 //! `content-type: application/grpc` and `te: trailers`. It counts HTTP statuses only, and gRPC
 //! sends its status in trailers with HTTP 200, so a refused call would count as a success: the
-//! harness makes one real tonic call first to prove the path works, and [`Report::check`]
-//! requires every answer to carry a message's worth of data (a refusal carries none).
+//! harness makes one real tonic call first to prove the path works, and [`parse`] counts calls
+//! as errors when the data received falls short of a whole answer per call (a refusal carries
+//! none; h2load counts the warm-up's data too, so this catches a server refusing most calls).
 //!
 //! h2load prints no percentiles (only min, max, mean and deviation), so its rows have a rate and
 //! no p50/p90/p99.
