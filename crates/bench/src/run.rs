@@ -591,7 +591,7 @@ fn wrk_measure(
         Ok(report)
     })?;
     let mut measurements = Vec::new();
-    for (target, mut runs) in targets.iter().zip(runs) {
+    for (target, runs) in targets.iter().zip(runs) {
         let mut tool = format!("wrk -t{} -c{}", wrk::THREADS, wrk::CONNECTIONS);
         if runs.len() > 1 {
             let p99s: Vec<String> = runs
@@ -604,8 +604,7 @@ fn wrk_measure(
                 p99s.join(", ")
             );
         }
-        runs.sort_by(|a, b| a.0.p99_ms.total_cmp(&b.0.p99_ms));
-        let (r, cpu_percent) = runs.swap_remove(runs.len() / 2);
+        let (r, cpu_percent) = median_by(runs, |r| r.p99_ms);
         measurements.push(measurement(
             target,
             tool,
@@ -641,7 +640,7 @@ fn h2load_measure(
         Ok(report)
     })?;
     let mut measurements = Vec::new();
-    for (target, mut runs) in targets.iter().zip(runs) {
+    for (target, runs) in targets.iter().zip(runs) {
         let mut tool = format!(
             "h2load -t{} -c{} -m{}",
             h2load::THREADS,
@@ -656,8 +655,7 @@ fn h2load_measure(
                 rates.join(", ")
             );
         }
-        runs.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
-        let (r, cpu_percent) = runs.swap_remove(runs.len() / 2);
+        let (r, cpu_percent) = median_by(runs, |r| r.rps);
         measurements.push(measurement(
             target,
             tool,
@@ -686,6 +684,12 @@ fn in_turn<R>(
         }
     }
     Ok(measured)
+}
+
+/// The run whose `by` is the median of `runs` (the upper one of an even count).
+fn median_by<R>(mut runs: Vec<(R, CpuShares)>, by: impl Fn(&R) -> f64) -> (R, CpuShares) {
+    runs.sort_by(|a, b| by(&a.0).total_cmp(&by(&b.0)));
+    runs.swap_remove(runs.len() / 2)
 }
 
 /// The row of `target`: `tool`, the rate and p50/p90/p99 (NaN where the tool gives none), the
