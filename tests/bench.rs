@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 /// The keys `results.json` must hold (the targets' keys), each a number.
-const NUMBERS: [&str; 11] = [
+const NUMBERS: [&str; 16] = [
     "turbo_hashes_per_s",
     "rng_http_rps",
     "rng_http_p99_ms",
@@ -22,8 +22,14 @@ const NUMBERS: [&str; 11] = [
     "webui_json_rps",
     "webui_json_p99_ms",
     "sigterm_exit_ms",
-    // Beside the list: hasher over gRPC, and one stream, as it also asks to measure.
+    // Not a target, but measured beside them: hasher over gRPC.
     "hasher_grpc_rps",
+    // The floor: rng and the bare servers under the same tools, and the ratios between them.
+    "rng_grpc_h2load_rps",
+    "bare_tonic_grpc_rps",
+    "bare_axum_http_rps",
+    "rng_grpc_vs_bare_tonic",
+    "rng_http_vs_bare_axum",
 ];
 
 const SERVICES: [&str; 4] = ["rng", "hasher", "worker", "webui"];

@@ -2,8 +2,8 @@
 //! deadline passes in the queue, HashBatch with half a million empty items or too much data, and
 //! 200 streams of 1 MiB on one connection to hasher.
 //!
-//! Each attack runs against the real binary on loopback and asserts what the issue asks of every
-//! attack: gRPC health on the service port and `/healthz` on the admin port, through connections
+//! Each attack runs against the real binary on loopback and asserts what every attack must leave
+//! intact: gRPC health on the service port and `/healthz` on the admin port, through connections
 //! opened before the attack, answer within 100 ms all along; the peak RSS (VmHWM) stays under
 //! 64 MiB; and a normal call succeeds afterwards.
 

@@ -232,7 +232,7 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
     for (overlay, namespace) in OVERLAYS {
         renders_and_validates(overlay);
 
-        // Every object the issue names, in the overlay's namespace.
+        // Every object the stack is made of, in the overlay's namespace.
         let rendered = Rendered::of(overlay, namespace);
         for (name, _) in SERVICES {
             rendered.workload(name);

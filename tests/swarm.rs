@@ -46,7 +46,7 @@ const SERVICES: [&str; 7] = [
     "worker",
     "webui",
 ];
-/// The rate the issue asks of ten workers over three rng tasks (one caps at 10/s).
+/// The least rate ten workers must reach over three rng tasks (each serves at most 10 a second).
 const TARGET_RATE: f64 = 25.0;
 /// How long a rate is measured over.
 const WINDOW: Duration = Duration::from_secs(15);

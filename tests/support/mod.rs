@@ -568,8 +568,12 @@ impl HealthProbe {
     }
 }
 
+/// One health check, asked again on each call over the same connection: `Ok` when SERVING (gRPC)
+/// or 200 (`/healthz`), else why not.
+pub type HealthCheck = Box<dyn FnMut() -> Result<(), String>>;
+
 /// A reusable health check of `target` over one connection, opened now.
-fn health_check(target: Health) -> Result<Box<dyn FnMut() -> Result<(), String>>, String> {
+pub fn health_check(target: Health) -> Result<HealthCheck, String> {
     match target {
         Health::Grpc(addr) => {
             use tonic_health::pb::HealthCheckRequest;

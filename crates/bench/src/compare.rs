@@ -18,8 +18,8 @@ struct Measure {
     higher_is_better: bool,
 }
 
-/// The measures every `results.json` has: the turbo rate, each load's rate and p99, and each
-/// service's peak memory.
+/// The measures every `results.json` has: the turbo rate, each load's rate and p99, the ratios
+/// to the floor, and each service's peak memory.
 fn measures(sample: &Value) -> Vec<Measure> {
     let mut measures = vec![Measure {
         key: "turbo_hashes_per_s".into(),
@@ -29,7 +29,8 @@ fn measures(sample: &Value) -> Vec<Measure> {
         let mut keys: Vec<&String> = object.keys().collect();
         keys.sort();
         for key in keys {
-            if key.ends_with("_rps") {
+            // Rates, and rng's rate over the floor's (`rng_grpc_vs_bare_tonic`).
+            if key.ends_with("_rps") || key.contains("_vs_bare_") {
                 measures.push(Measure {
                     key: key.clone(),
                     higher_is_better: true,

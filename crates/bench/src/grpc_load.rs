@@ -120,6 +120,29 @@ pub fn measure(load: &Load, progress: Arc<Progress>) -> anyhow::Result<Report> {
     })
 }
 
+/// One `Generate(32)` to rng at `url`, on a connection of its own; checks the answer's size.
+pub fn generate_once(url: &str) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let channel = Endpoint::from_shared(url.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(CALL_DEADLINE)
+                .connect()
+                .await
+                .with_context(|| format!("connect to {url}"))?;
+            let answer = RngServiceClient::new(channel)
+                .generate(GenerateRequest {
+                    size: PAYLOAD as u32,
+                })
+                .await?;
+            let got = answer.get_ref().data.len();
+            anyhow::ensure!(got == PAYLOAD, "asked {PAYLOAD} bytes, got {got}");
+            Ok(())
+        })
+}
+
 impl Load {
     /// Threads the load runs on: at most one per connection, at least one.
     pub fn shards(&self) -> usize {

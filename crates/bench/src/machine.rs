@@ -7,7 +7,7 @@
 use std::process::Command;
 
 /// What the results were measured on.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -16,6 +16,7 @@ pub struct Machine {
     pub os: String,
     pub rustc: String,
     pub wrk: String,
+    pub h2load: String,
     pub redis: String,
     /// The commit measured, with `-dirty` when the sources had uncommitted changes.
     pub commit: String,
@@ -51,6 +52,8 @@ impl Machine {
                 .next()
                 .unwrap_or_default()
                 .to_string(),
+            // "h2load nghttp2/1.52.0"
+            h2load: first_line("h2load", &["--version"]),
             // "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=…"
             redis: first_line("redis-server", &["--version"])
                 .split(" sha=")

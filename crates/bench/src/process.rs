@@ -1,10 +1,14 @@
-//! The processes a benchmark runs: the four services and redis-server, started on loopback, and
-//! what the kernel says about them (resident memory, CPU time, time from SIGTERM to exit).
+//! The processes a benchmark runs: the four services, the floor and redis-server, started on
+//! loopback, the load tools run to completion, and what the kernel says about them (resident
+//! memory, CPU time, time from SIGTERM to exit).
 //!
 //! Each process logs to its own file under the output directory rather than to a pipe: a pipe
 //! would need a reader thread competing for the two cores, and the files stay behind to read when
 //! a number looks wrong. Services bind `127.0.0.1:0` and log `listening addr=…`, which is how the
 //! harness learns their ports without guessing.
+//!
+//! `tests/support` spawns processes its own way on purpose: it pipes every line into the test's
+//! output, where a failure is read, and panics; this one writes files and returns errors.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -252,6 +256,24 @@ fn parse_machine_busy(stat: &str) -> Option<u64> {
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let busy = values.iter().take(8).sum::<u64>() - values.get(3)? - values.get(4)?;
     Some(busy)
+}
+
+/// Runs a load tool's `command` on `url` to completion and returns what it printed, or an error
+/// with all it said when it failed.
+pub fn stdout_of(mut command: Command, url: &str) -> anyhow::Result<String> {
+    let tool = command.get_program().to_string_lossy().into_owned();
+    let output = command
+        .output()
+        .with_context(|| format!("run {tool} (scripts/install-prereqs installs it)"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{tool} {url} failed ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
 }
 
 /// A port that was free a moment ago (redis-server cannot report an ephemeral port it bound).

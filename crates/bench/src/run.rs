@@ -21,7 +21,7 @@ use crate::machine::Machine;
 use crate::process::{self, Running};
 use crate::report::{Measurement, Results, SERVICES, ServiceFacts, TurboStep};
 use crate::turbo::{self, Counter};
-use crate::wrk;
+use crate::{h2load, wrk};
 
 /// What to run, from the command line.
 #[derive(clap::Args, Debug, Clone)]
@@ -61,7 +61,8 @@ struct Plan {
     /// Turbo steps: units in flight (`WORKER_CONCURRENCY`) and units per call pair
     /// (`WORKER_BATCH`).
     sweep: Vec<(u32, u32)>,
-    /// Measured `wrk` runs per HTTP load; the one with the median p99 is reported. A saturated
+    /// Measured runs per `wrk` or `h2load` load; the one with the median p99 (h2load: the median
+    /// rate) is reported. A saturated
     /// closed loop on two shared cores puts its p99 at the scheduler's mercy: single runs of the
     /// same binary ranged from 0.4 to 4 ms.
     wrk_runs: usize,
@@ -128,6 +129,7 @@ impl Stack {
         let port = process::free_port()?;
         // As deployed (docker-compose.yml): an append-only file synced once a second, memory
         // capped, nothing evicted. Its own directory, emptied first: each run starts from zero.
+        // tests/support starts Redis with the same flags; neither depends on the other for them.
         let dir = options.out_dir.join("redis");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -227,6 +229,50 @@ fn binary(options: &Options, name: &str) -> PathBuf {
     options.bin_dir.join(name)
 }
 
+/// The floor: `bench-bare tonic` and `bench-bare axum` (see [`crate::bare`]), loaded beside rng
+/// with the same tools.
+struct Bare {
+    tonic: Running,
+    tonic_addr: SocketAddr,
+    axum: Running,
+    axum_addr: SocketAddr,
+}
+
+impl Bare {
+    fn start(options: &Options, logs: &Path) -> anyhow::Result<Self> {
+        let start = |server: &str| -> anyhow::Result<(Running, SocketAddr)> {
+            let name = format!("bare_{server}");
+            let args = [server, "--listen", "127.0.0.1:0"];
+            let mut running =
+                Running::spawn(&name, &binary(options, "bench-bare"), &args, &[], logs)?;
+            let addr = running.listening_addr()?;
+            Ok((running, addr))
+        };
+        let (tonic, tonic_addr) = start("tonic")?;
+        let (axum, axum_addr) = start("axum")?;
+        Ok(Self {
+            tonic,
+            tonic_addr,
+            axum,
+            axum_addr,
+        })
+    }
+
+    fn processes(&self) -> Vec<&Running> {
+        vec![&self.tonic, &self.axum]
+    }
+
+    /// Stops both; each must exit cleanly on SIGTERM.
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        self.tonic.terminate()?;
+        self.axum.terminate()?;
+        Ok(())
+    }
+}
+
+/// Each process's share of one core over a run (100 = one core), by name, and `other`.
+type CpuShares = BTreeMap<String, f64>;
+
 /// CPU time of a set of processes and of the whole machine, from one instant to another.
 struct CpuWatch {
     processes: Vec<(String, Duration)>,
@@ -248,7 +294,7 @@ impl CpuWatch {
 
     /// Each process's share of one core since the start (100 = one core), and `other`: what the
     /// machine spent besides them (the load tool, and anything else running).
-    fn stop(self, processes: &[&Running]) -> anyhow::Result<BTreeMap<String, f64>> {
+    fn stop(self, processes: &[&Running]) -> anyhow::Result<CpuShares> {
         let elapsed = self.at.elapsed().as_secs_f64();
         let machine = (process::machine_busy()? - self.machine).as_secs_f64();
         let mut shares = BTreeMap::new();
@@ -269,6 +315,13 @@ impl CpuWatch {
 /// `worker-64` → `worker`.
 fn short_name(name: &str) -> String {
     name.split('-').next().unwrap_or(name).to_string()
+}
+
+/// One endpoint a load tool runs against, and the row it makes.
+struct Target<'a> {
+    key: &'a str,
+    what: &'a str,
+    url: String,
 }
 
 /// Runs every measurement and returns the results.
@@ -301,9 +354,15 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     }
 
     let mut stack = Stack::start(options, &logs)?;
+    let mut bare = Bare::start(options, &logs)?;
     eprintln!(
-        "bench: stack up (rng {}, hasher {}, webui {}, {})",
-        stack.rng_addr, stack.hasher_addr, stack.webui_addr, stack.redis_url
+        "bench: stack up (rng {}, hasher {}, webui {}, {}; bare tonic {}, bare axum {})",
+        stack.rng_addr,
+        stack.hasher_addr,
+        stack.webui_addr,
+        stack.redis_url,
+        bare.tonic_addr,
+        bare.axum_addr
     );
 
     // Idle memory, before any load.
@@ -328,20 +387,33 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     std::fs::write(&script, wrk::post_script(BODY))?;
     let rng_url = format!("http://{}", stack.rng_addr);
     let hasher_url = format!("http://{}", stack.hasher_addr);
-    measurements.push(wrk_measure(
-        &stack,
+    // rng's shim and the bare axum server in turn, run for run, so that a drift of the machine
+    // moves both alike.
+    measurements.extend(wrk_measure(
+        &[stack.processes(), bare.processes()].concat(),
         &plan,
-        "rng_http",
-        "rng HTTP shim, GET /32",
-        &format!("{rng_url}/32"),
+        &[
+            Target {
+                key: "rng_http",
+                what: "rng HTTP shim, GET /32",
+                url: format!("{rng_url}/32"),
+            },
+            Target {
+                key: "bare_axum_http",
+                what: "bare axum, GET /32",
+                url: format!("http://{}/32", bare.axum_addr),
+            },
+        ],
         None,
     )?);
-    measurements.push(wrk_measure(
-        &stack,
+    measurements.extend(wrk_measure(
+        &stack.processes(),
         &plan,
-        "hasher_http",
-        "hasher HTTP shim, POST 32 bytes",
-        &format!("{hasher_url}/"),
+        &[Target {
+            key: "hasher_http",
+            what: "hasher HTTP shim, POST 32 bytes",
+            url: format!("{hasher_url}/"),
+        }],
         Some(&script),
     )?);
     for (rpc, url, service) in [
@@ -367,6 +439,29 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         }
     }
 
+    // The same pairing over gRPC, with h2load: unlike the generator above (a tonic client, as
+    // the worker calls), it spends little CPU per call, so the servers set the rate.
+    let body = options.out_dir.join("generate.grpc");
+    std::fs::write(&body, h2load::generate_body())?;
+    measurements.extend(h2load_measure(
+        &[stack.processes(), bare.processes()].concat(),
+        &plan,
+        &[
+            Target {
+                key: "rng_grpc_h2load",
+                what: "rng gRPC Generate(32)",
+                url: rng_url.clone(),
+            },
+            Target {
+                key: "bare_tonic_grpc",
+                what: "bare tonic, Generate(32)",
+                url: format!("http://{}", bare.tonic_addr),
+            },
+        ],
+        &body,
+    )?);
+    bare.terminate()?;
+
     let mut turbo = Vec::new();
     for &(concurrency, batch) in &plan.sweep {
         let step = turbo_step(&stack, options, &logs, &plan, (concurrency, batch))?;
@@ -385,12 +480,14 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         worker.sigterm_exit_ms = turbo.iter().map(|s| s.sigterm_exit_ms).fold(0.0, f64::max);
     }
 
-    measurements.push(wrk_measure(
-        &stack,
+    measurements.extend(wrk_measure(
+        &stack.processes(),
         &plan,
-        "webui_json",
-        "webui GET /json",
-        &format!("http://{}/json", stack.webui_addr),
+        &[Target {
+            key: "webui_json",
+            what: "webui GET /json",
+            url: format!("http://{}/json", stack.webui_addr),
+        }],
         None,
     )?);
 
@@ -473,55 +570,149 @@ pub fn up(options: &Options, worker: Option<u32>, duration: Duration) -> anyhow:
     Ok(())
 }
 
-/// `wrk -t2 -c16 --latency` on `url`: a warm-up run, then the measured ones; reports the run
-/// with the median p99, and every run's p99 in the tool column.
+/// `wrk -t2 -c16 --latency` on each target (with `script`, if given): a warm-up run each, then
+/// the measured runs, the targets in turn; reports each target's run with the median p99, and
+/// every run's p99 in the tool column. `processes` are those whose CPU time is accounted.
 fn wrk_measure(
-    stack: &Stack,
+    processes: &[&Running],
     plan: &Plan,
-    key: &str,
-    what: &str,
-    url: &str,
+    targets: &[Target],
     script: Option<&Path>,
-) -> anyhow::Result<Measurement> {
-    wrk::run(url, plan.warmup, script)?;
-    let processes = stack.processes();
-    let mut runs = Vec::new();
-    for _ in 0..plan.wrk_runs {
-        let watch = CpuWatch::start(&processes)?;
-        let report = wrk::run(url, plan.window, script)?;
-        let cpu_percent = watch.stop(&processes)?;
+) -> anyhow::Result<Vec<Measurement>> {
+    for target in targets {
+        wrk::run(&target.url, plan.warmup, script)?;
+    }
+    let runs = in_turn(processes, plan.wrk_runs, targets, |target| {
+        let report = wrk::run(&target.url, plan.window, script)?;
         eprintln!(
-            "bench: {what}: {:.0} req/s, p99 {:.3} ms",
-            report.rps, report.p99_ms
+            "bench: {}: {:.0} req/s, p99 {:.3} ms",
+            target.what, report.rps, report.p99_ms
         );
-        runs.push((report, cpu_percent));
+        Ok(report)
+    })?;
+    let mut measurements = Vec::new();
+    for (target, runs) in targets.iter().zip(runs) {
+        let mut tool = format!("wrk -t{} -c{}", wrk::THREADS, wrk::CONNECTIONS);
+        if runs.len() > 1 {
+            let p99s: Vec<String> = runs
+                .iter()
+                .map(|(report, _)| format!("{:.2}", report.p99_ms))
+                .collect();
+            tool += &format!(
+                ", median of {} runs by p99 (p99s {} ms)",
+                runs.len(),
+                p99s.join(", ")
+            );
+        }
+        let (r, cpu_percent) = median_by(runs, |r| r.p99_ms);
+        measurements.push(measurement(
+            target,
+            tool,
+            (r.rps, [r.p50_ms, r.p90_ms, r.p99_ms]),
+            (r.requests, r.errors),
+            cpu_percent,
+        ));
     }
-    let mut tool = format!("wrk -t{} -c{}", wrk::THREADS, wrk::CONNECTIONS);
-    if runs.len() > 1 {
-        let p99s: Vec<String> = runs
-            .iter()
-            .map(|(report, _)| format!("{:.2}", report.p99_ms))
-            .collect();
-        tool += &format!(
-            ", median of {} runs by p99 (p99s {} ms)",
-            runs.len(),
-            p99s.join(", ")
+    Ok(measurements)
+}
+
+/// `h2load -t2 -c2 -m32` on each target, POSTing the gRPC message in `body`: the targets in
+/// turn, run for run (each run with its own warm-up, since each opens new connections); reports
+/// each target's run with the median rate. h2load gives no percentiles: those are left out.
+fn h2load_measure(
+    processes: &[&Running],
+    plan: &Plan,
+    targets: &[Target],
+    body: &Path,
+) -> anyhow::Result<Vec<Measurement>> {
+    // h2load cannot see a gRPC status (it comes in trailers): one call through tonic first
+    // proves that the server answers Generate at all.
+    for target in targets {
+        grpc_load::generate_once(&target.url)
+            .with_context(|| format!("{} does not answer Generate", target.what))?;
+    }
+    let runs = in_turn(processes, plan.wrk_runs, targets, |target| {
+        let report = h2load::run(&target.url, body, plan.warmup, plan.window)?;
+        eprintln!(
+            "bench: {} (h2load): {:.0} req/s, mean {:.3} ms",
+            target.what, report.rps, report.mean_ms
         );
+        Ok(report)
+    })?;
+    let mut measurements = Vec::new();
+    for (target, runs) in targets.iter().zip(runs) {
+        let mut tool = format!(
+            "h2load -t{} -c{} -m{}",
+            h2load::THREADS,
+            h2load::CONNECTIONS,
+            h2load::STREAMS
+        );
+        if runs.len() > 1 {
+            let rates: Vec<String> = runs.iter().map(|(r, _)| format!("{:.0}", r.rps)).collect();
+            tool += &format!(
+                ", median of {} runs (req/s {})",
+                runs.len(),
+                rates.join(", ")
+            );
+        }
+        let (r, cpu_percent) = median_by(runs, |r| r.rps);
+        measurements.push(measurement(
+            target,
+            tool,
+            (r.rps, [f64::NAN; 3]),
+            (r.requests, r.errors),
+            cpu_percent,
+        ));
     }
-    runs.sort_by(|a, b| a.0.p99_ms.total_cmp(&b.0.p99_ms));
-    let (report, cpu_percent) = runs.swap_remove(runs.len() / 2);
-    Ok(Measurement {
-        key: key.into(),
-        what: what.into(),
+    Ok(measurements)
+}
+
+/// Each target's `runs` runs of `load`, the targets in turn, run for run (a drift of the machine
+/// then moves every target alike), each with the CPU shares of `processes` over it.
+fn in_turn<R>(
+    processes: &[&Running],
+    runs: usize,
+    targets: &[Target],
+    mut load: impl FnMut(&Target) -> anyhow::Result<R>,
+) -> anyhow::Result<Vec<Vec<(R, CpuShares)>>> {
+    let mut measured: Vec<Vec<_>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (target, measured) in targets.iter().zip(&mut measured) {
+            let watch = CpuWatch::start(processes)?;
+            let report = load(target)?;
+            measured.push((report, watch.stop(processes)?));
+        }
+    }
+    Ok(measured)
+}
+
+/// The run whose `by` is the median of `runs` (the upper one of an even count).
+fn median_by<R>(mut runs: Vec<(R, CpuShares)>, by: impl Fn(&R) -> f64) -> (R, CpuShares) {
+    runs.sort_by(|a, b| by(&a.0).total_cmp(&by(&b.0)));
+    runs.swap_remove(runs.len() / 2)
+}
+
+/// The row of `target`: `tool`, the rate and p50/p90/p99 (NaN where the tool gives none), the
+/// calls and errors, and the CPU shares.
+fn measurement(
+    target: &Target,
+    tool: String,
+    (rps, [p50_ms, p90_ms, p99_ms]): (f64, [f64; 3]),
+    (requests, errors): (u64, u64),
+    cpu_percent: CpuShares,
+) -> Measurement {
+    Measurement {
+        key: target.key.into(),
+        what: target.what.into(),
         tool,
-        rps: report.rps,
-        p50_ms: report.p50_ms,
-        p90_ms: report.p90_ms,
-        p99_ms: report.p99_ms,
-        requests: report.requests,
-        errors: report.errors,
+        rps,
+        p50_ms,
+        p90_ms,
+        p99_ms,
+        requests,
+        errors,
         cpu_percent,
-    })
+    }
 }
 
 /// The gRPC load generator on one RPC; the warm-up is part of the load's own schedule.
@@ -535,23 +726,25 @@ fn grpc_measure(stack: &Stack, key: &str, what: &str, load: &Load) -> anyhow::Re
         "bench: {what}, {} in flight: {:.0} req/s, p99 {:.3} ms",
         load.streams, report.rps, report.p99_ms
     );
-    Ok(Measurement {
-        key: key.into(),
-        what: what.into(),
-        tool: format!(
-            "tonic, {} stream{} / {} conn",
-            load.streams,
-            if load.streams == 1 { "" } else { "s" },
-            load.connections
-        ),
-        rps: report.rps,
-        p50_ms: report.p50_ms,
-        p90_ms: report.p90_ms,
-        p99_ms: report.p99_ms,
-        requests: report.requests,
-        errors: report.errors,
+    let tool = format!(
+        "tonic, {} stream{} / {} conn",
+        load.streams,
+        if load.streams == 1 { "" } else { "s" },
+        load.connections
+    );
+    let target = Target {
+        key,
+        what,
+        url: load.url.clone(),
+    };
+    let r = report;
+    Ok(measurement(
+        &target,
+        tool,
+        (r.rps, [r.p50_ms, r.p90_ms, r.p99_ms]),
+        (r.requests, r.errors),
         cpu_percent,
-    })
+    ))
 }
 
 /// One step of the turbo sweep: a fresh worker with `concurrency` call pairs in flight of `batch`

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+use crate::process;
 
 /// wrk's threads and connections (`-t2 -c16`, the load the targets are stated for).
 pub const THREADS: u32 = 2;
@@ -44,17 +46,7 @@ pub fn command(url: &str, duration: Duration, script: Option<&Path>) -> Command 
 
 /// Runs wrk to completion and parses its report.
 pub fn run(url: &str, duration: Duration, script: Option<&Path>) -> anyhow::Result<Report> {
-    let output = command(url, duration, script)
-        .output()
-        .context("run wrk (scripts/install-prereqs installs it)")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "wrk {url} failed ({}): {stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let stdout = process::stdout_of(command(url, duration, script), url)?;
     parse(&stdout).with_context(|| format!("cannot read wrk's report:\n{stdout}"))
 }
 
@@ -113,8 +105,8 @@ pub fn parse(report: &str) -> anyhow::Result<Report> {
     })
 }
 
-/// `102.00us`, `1.23ms`, `2.00s` or `1.50m` in milliseconds.
-fn duration_ms(value: &str) -> Option<f64> {
+/// `102.00us`, `1.23ms`, `2.00s` or `1.50m` in milliseconds (wrk's and h2load's units).
+pub(crate) fn duration_ms(value: &str) -> Option<f64> {
     let split = value.find(|c: char| c.is_ascii_alphabetic())?;
     let (number, unit) = value.split_at(split);
     let number: f64 = number.parse().ok()?;
