@@ -10,9 +10,13 @@
 //! pull instead of building it, and the worker image finds rng, hasher and redis by their names
 //! with no variable set.
 //!
-//! Host-side checks talk only to the published ports on 127.0.0.1 (8000, 8001, 8002), never to
-//! container addresses. Each stack runs in a compose project of its own and is removed at the
-//! end, also when the test fails. The tests of this file take turns (one lock): they share the
+//! And the observability profile (Compose v2 only, on the same images): Prometheus scrapes every
+//! replica by DNS, its recording rules (checked by the image's own `promtool`) answer the README's
+//! queries per replica, and the OTLP receiver prints the services' spans.
+//!
+//! Host-side checks talk only to the published ports on 127.0.0.1 (8000, 8001, 8002, and 9090 for
+//! Prometheus), never to container addresses. Each stack runs in a compose project of its own and
+//! is removed at the end, also when the test fails. The tests of this file take turns (one lock): they share the
 //! host's ports.
 
 mod support;
@@ -22,7 +26,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{eventually, grpcurl, http, run, tool};
+use support::{eventually, eventually_every, grpcurl, http, run, tool};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The tag docker-compose.yml gives the images when TAG is unset (the tests unset it).
@@ -66,8 +70,13 @@ impl Engine {
                 command
             }
         };
-        // The file's defaults, whatever the caller's shell has set.
-        command.current_dir(ROOT).env_remove("TAG");
+        // The file's defaults, whatever the caller's shell has set (README's observability
+        // lesson exports the last two).
+        command
+            .current_dir(ROOT)
+            .env_remove("TAG")
+            .env_remove("COMPOSE_FILE")
+            .env_remove("COMPOSE_PROFILES");
         command
     }
 }
@@ -76,13 +85,20 @@ impl Engine {
 struct Project {
     engine: Engine,
     name: String,
+    /// Given before every command: which files, which profiles.
+    flags: &'static [&'static str],
 }
 
 impl Project {
     fn new(engine: Engine) -> Self {
+        Self::with_flags(engine, &[])
+    }
+
+    fn with_flags(engine: Engine, flags: &'static [&'static str]) -> Self {
         Self {
             engine,
             name: format!("dockercoins-test-{engine:?}-{}", std::process::id()).to_lowercase(),
+            flags,
         }
     }
 
@@ -103,6 +119,7 @@ impl Project {
         self.engine
             .command()
             .args(["-p", &self.name])
+            .args(self.flags)
             .args(args)
             .output()
             .expect("compose runs")
@@ -566,8 +583,38 @@ fn the_compose_file_validates_against_the_compose_specification() {
             let output = config_of(engine, &broken);
             assert!(!output.status.success(), "{engine:?} accepted {broken}");
         }
+        // With the observability profile and the file that turns trace export on: both files
+        // valid together, and the profile's two services there.
+        let observability = engine
+            .command()
+            .args(OBSERVABILITY)
+            .args(["config", "--services"])
+            .output()
+            .expect("compose runs");
+        let services = String::from_utf8_lossy(&observability.stdout);
+        assert!(
+            observability.status.success(),
+            "{engine:?}: {}",
+            String::from_utf8_lossy(&observability.stderr)
+        );
+        for service in ["prometheus", "rotel"] {
+            assert!(
+                services.lines().any(|line| line == service),
+                "{engine:?}: {services}"
+            );
+        }
     }
 }
+
+/// The compose flags of README's observability lesson: the profile, and trace export on.
+const OBSERVABILITY: &[&str] = &[
+    "-f",
+    "docker-compose.yml",
+    "-f",
+    "docker-compose.observability.yml",
+    "--profile",
+    "observability",
+];
 
 #[test]
 fn up_pulls_no_image_of_ours_from_a_registry() {
@@ -714,4 +761,270 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// The queries README's "Observability" section has a learner type into Prometheus, each with the
+/// number of series it must return once three rng replicas serve (`None`: one series).
+const LESSON_QUERIES: [(&str, Option<usize>); 3] = [
+    (
+        r#"replica:dockercoins_requests:success_ratio30s{job="rng"}"#,
+        Some(3),
+    ),
+    (
+        r#"replica:dockercoins_request_duration_seconds:p99_30s{job="rng"}"#,
+        Some(3),
+    ),
+    ("dockercoins:hashes:rate30s", None),
+];
+
+/// Prometheus, as the observability profile publishes it.
+const PROMETHEUS: &str = "http://127.0.0.1:9090";
+/// How often the observability test asks Prometheus (which scrapes every 5 s) or the logs.
+const POLL: Duration = Duration::from_millis(500);
+
+/// `GET <Prometheus><path>`'s `data`, when it answers with status `success`.
+fn prometheus_api(path: &str) -> Option<serde_json::Value> {
+    let answer: serde_json::Value = http()
+        .get(format!("{PROMETHEUS}{path}"))
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
+    (answer["status"] == "success").then(|| answer["data"].clone())
+}
+
+/// An instant query's series, as (instance, value).
+fn prometheus_query(query: &str) -> Option<Vec<(String, f64)>> {
+    let encoded: String = query
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let data = prometheus_api(&format!("/api/v1/query?query={encoded}"))?;
+    data["result"]
+        .as_array()?
+        .iter()
+        .map(|series| {
+            let instance = series["metric"]["instance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let value = series["value"][1].as_str()?.parse().ok()?;
+            Some((instance, value))
+        })
+        .collect()
+}
+
+/// `promtool <args…>` in the Prometheus image, with `dir` mounted at `/etc/dockercoins` (where
+/// the compose file mounts deploy/prometheus/).
+fn promtool(dir: &Path, args: &[&str]) -> Output {
+    let mount = format!("{}:/etc/dockercoins:ro", dir.display());
+    let mut all = vec![
+        "run",
+        "--rm",
+        "--entrypoint",
+        "promtool",
+        "-v",
+        &mount,
+        "prom/prometheus:v2.42.0",
+    ];
+    all.extend(args);
+    run(Path::new("docker"), &all)
+}
+
+#[test]
+fn the_observability_profile_scrapes_every_replica_and_receives_traces() {
+    let _turn = take_turn();
+    let started = Instant::now();
+    base_images();
+    eprintln!("base images ready after {:?}", started.elapsed());
+
+    // The configuration and its rules, as the image's own promtool reads them, the rules' unit
+    // tests (success rates of 1, 0.5 and 0, percentiles); and a broken rule is refused (the check
+    // does check).
+    let config = Path::new(ROOT).join("deploy/prometheus");
+    for args in [
+        &["check", "config", "/etc/dockercoins/prometheus.yml"][..],
+        &["check", "rules", "/etc/dockercoins/rules.yml"][..],
+        &["test", "rules", "/etc/dockercoins/rules_test.yml"][..],
+    ] {
+        let checked = promtool(&config, args);
+        assert!(
+            checked.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+    let broken = tempfile::tempdir().expect("a directory");
+    let rules = std::fs::read_to_string(config.join("rules.yml")).expect("the rules");
+    std::fs::write(
+        broken.path().join("rules.yml"),
+        rules.replacen("sum by (job)", "sum by (job", 1),
+    )
+    .expect("write the broken rules");
+    let refused = promtool(
+        broken.path(),
+        &["check", "rules", "/etc/dockercoins/rules.yml"],
+    );
+    assert!(!refused.status.success(), "promtool accepted a broken rule");
+
+    // The README's queries are the ones checked here.
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).expect("README");
+    for (query, _) in LESSON_QUERIES {
+        assert!(readme.contains(query), "README shows {query}");
+    }
+
+    // The lesson's stack: the profile, trace export on, three rng replicas.
+    let project = Project::with_flags(Engine::V2, OBSERVABILITY);
+    project.compose(&["up", "-d", "--build", "--scale", "rng=3"]);
+    let up = Instant::now();
+    eprintln!("observability stack up after {:?}", started.elapsed());
+
+    // Every replica of every service is a target, and up: 3 rng, 1 each of the others.
+    let expected = [("rng", 3), ("hasher", 1), ("worker", 1), ("webui", 1)];
+    let targets = eventually_every(
+        Duration::from_secs(60),
+        POLL,
+        "every replica a target, up",
+        || {
+            let data = prometheus_api("/api/v1/targets?state=active")?;
+            let targets: Vec<(String, String, String)> = data["activeTargets"]
+                .as_array()?
+                .iter()
+                .map(|target| {
+                    (
+                        target["labels"]["job"].as_str().unwrap_or_default().into(),
+                        target["labels"]["instance"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .into(),
+                        target["health"].as_str().unwrap_or_default().into(),
+                    )
+                })
+                .collect();
+            let all_up = expected.iter().all(|(job, count)| {
+                targets
+                    .iter()
+                    .filter(|(j, _, health)| j == job && health == "up")
+                    .count()
+                    == *count
+            });
+            (all_up && targets.len() == 6).then_some(targets)
+        },
+    );
+    eprintln!("targets up {:?} after up: {targets:?}", up.elapsed());
+    // `instance` is the replica: the address of each rng container.
+    let mut addresses: Vec<String> = project
+        .containers(Some("rng"))
+        .iter()
+        .map(|id| {
+            inspect(
+                id,
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            )
+        })
+        .collect();
+    let mut instances: Vec<String> = targets
+        .iter()
+        .filter(|(job, _, _)| job == "rng")
+        .map(|(_, instance, _)| instance.clone())
+        .collect();
+    addresses.sort();
+    instances.sort();
+    assert_eq!(instances, addresses, "rng's targets are its replicas");
+
+    // The recording rules answer the lesson's queries: per replica of rng, a success rate
+    // between 0 and 1 and a p99; the hashes per second.
+    for (query, series) in LESSON_QUERIES {
+        let values = eventually_every(Duration::from_secs(60), POLL, query, || {
+            prometheus_query(query)
+                .filter(|values| values.len() == series.unwrap_or(1))
+                .filter(|values| values.iter().all(|(_, value)| value.is_finite()))
+        });
+        eprintln!("{query}: {values:?} ({:?} after up)", up.elapsed());
+        for (instance, value) in &values {
+            if series.is_some() {
+                assert!(
+                    instances.contains(instance),
+                    "{query}: {instance} is an rng replica"
+                );
+            }
+            if query.contains("success_ratio") {
+                assert!((0.0..=1.0).contains(value), "{query}: {instance} {value}");
+            } else {
+                assert!(*value > 0.0, "{query}: {instance} {value}");
+            }
+        }
+    }
+
+    // The lesson's fault: half of one replica's calls fail, and the first query singles it out
+    // (the rule's window is 30 s) while the other two stay at 1.
+    project.compose(&[
+        "exec",
+        "-T",
+        "--index",
+        "2",
+        "rng",
+        "rng",
+        "fault",
+        "--error-rate",
+        "0.5",
+    ]);
+    let sick = project
+        .containers(Some("rng"))
+        .into_iter()
+        .find(|id| {
+            inspect(
+                id,
+                r#"{{index .Config.Labels "com.docker.compose.container-number"}}"#,
+            ) == "2"
+        })
+        .map(|id| {
+            inspect(
+                &id,
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            )
+        })
+        .expect("rng's second replica");
+    let (query, _) = LESSON_QUERIES[0];
+    let ratios = eventually_every(
+        Duration::from_secs(60),
+        POLL,
+        "the sick replica singled out",
+        || {
+            let ratios = prometheus_query(query)?;
+            let singled_out = ratios.iter().all(|(instance, ratio)| {
+                if *instance == sick {
+                    *ratio < 0.9
+                } else {
+                    *ratio > 0.99
+                }
+            });
+            (ratios.len() == 3 && singled_out).then_some(ratios)
+        },
+    );
+    eprintln!(
+        "{sick} failing half its calls: {ratios:?} ({:?} after up)",
+        up.elapsed()
+    );
+
+    // The receiver prints the spans it gets, from the worker and from rng and hasher.
+    eventually_every(
+        Duration::from_secs(30),
+        POLL,
+        "spans in rotel's logs",
+        || {
+            let logs = project.compose(&["logs", "--no-color", "rotel"]);
+            ["worker", "rng", "hasher"]
+                .iter()
+                .all(|service| logs.contains(&format!("service.name: Str({service})")))
+                .then_some(())
+        },
+    );
+    eprintln!("the whole test took {:?}", started.elapsed());
 }
