@@ -287,6 +287,8 @@ fn sigterm_tells_a_watch_not_serving_then_ends_it_after_the_grace_and_exits_at_o
         "rng exited {} ms after SIGTERM with no watch",
         idle_took.as_millis()
     );
+    // Nobody connected, nobody to tell: no grace.
+    assert!(idle_took < GRACE, "rng with no client waited {idle_took:?}");
 
     let mut rng = Service::start("rng", &settings);
     let seen = watch_health(rng.addr);

@@ -7,6 +7,10 @@ use http::header;
 /// The response header (gRPC metadata) naming the replica that answered.
 pub const SERVED_BY: &str = "x-served-by";
 
+/// The response header (gRPC metadata) with the milliseconds a request waited in the replica's
+/// queue, so that a caller can tell a busy replica from a slow one.
+pub const QUEUE_WAIT: &str = "x-queue-wait-ms";
+
 /// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto`, …).
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers

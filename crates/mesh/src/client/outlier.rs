@@ -43,7 +43,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::server::queue::QUEUE_WAIT;
+use crate::headers::QUEUE_WAIT;
 
 /// When a replica counts as an outlier, and what happens to it then.
 #[derive(Clone, Copy, Debug)]

@@ -34,11 +34,10 @@ use tower::util::Either;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument as _;
 
+use crate::headers::QUEUE_WAIT;
+
 /// The response header (gRPC metadata) that says how many requests wait in the queue.
 pub const QUEUE_DEPTH: &str = "x-queue-depth";
-/// The response header (gRPC metadata) that says how long this request waited in the queue, in
-/// milliseconds.
-pub const QUEUE_WAIT: &str = "x-queue-wait-ms";
 
 /// The default bound on waiting requests (`RNG_MAX_QUEUE`, `HASHER_MAX_QUEUE`).
 ///

@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use crate::server::accept::{Accepted, Acceptor};
 use crate::server::idle::{Activity, Tracked};
 use crate::server::limits::Limits;
-use crate::server::shutdown::{DRAIN_DEADLINE, Shutdown};
+use crate::server::shutdown::{DRAIN_DEADLINE, OpenConnection, Shutdown};
 use crate::server::timer::LazyTimer;
 
 /// Serves `app` on `listener` under `limits` until `shutdown` drains, then drains in-flight
@@ -57,6 +57,7 @@ pub async fn serve(
             app: app.clone(),
             watcher: graceful.watcher(),
             limits: limits.clone(),
+            open: shutdown.connection(),
         };
         connections.spawn(connection.serve(accepted));
     }
@@ -104,6 +105,8 @@ struct Connection {
     app: Router,
     watcher: Watcher,
     limits: Limits,
+    /// Holds the shutdown's grace while the connection is open.
+    open: OpenConnection,
 }
 
 impl Connection {
@@ -136,6 +139,7 @@ impl Connection {
             }
         }
         drop(slot);
+        drop(self.open);
     }
 }
 

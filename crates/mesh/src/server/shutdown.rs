@@ -9,14 +9,20 @@
 //!    refused.
 //! 2. **Draining**, a short grace later (`LISTEN_SHUTDOWN_GRACE`): the listeners stop accepting,
 //!    HTTP/2 clients get GOAWAY, health watches end, and in-flight calls have [`DRAIN_DEADLINE`]
-//!    to finish.
+//!    to finish. The grace is for the clients connected when the signal came (the balancers that
+//!    watch this process's health): it ends early once none is connected, and is skipped when
+//!    none was, so an idle process exits in milliseconds.
 //!
 //! This is the order of tonic's `serve_with_shutdown` fed with a signal future that first reports
 //! NOT_SERVING and then sleeps, and of Kubernetes' preStop sleep; here it is one value, so that
 //! every listener of a process drains at the same moment.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -47,6 +53,43 @@ pub struct Shutdown {
     stopping: CancellationToken,
     /// Cancelled after the grace: stop accepting, end health watches, drain.
     draining: CancellationToken,
+    /// The connections open on the process's listeners, which the grace waits for.
+    open: Arc<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    count: AtomicUsize,
+    /// Notified when the count falls to zero.
+    none: Notify,
+}
+
+impl Open {
+    /// Completes when no connection is open.
+    async fn none(&self) {
+        loop {
+            let none = self.none.notified();
+            tokio::pin!(none);
+            // Registered before the count is read, so that a close in between is not missed.
+            none.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            none.await;
+        }
+    }
+}
+
+/// A connection counted as open (see [`Shutdown::connection`]) until this is dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Open>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
+    }
 }
 
 impl Shutdown {
@@ -55,15 +98,25 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Runs the phases: stopping now, draining once `grace` has passed. Returns when the drain
-    /// has started.
+    /// Runs the phases: stopping now, draining once `grace` has passed or no connection is open,
+    /// whichever comes first. Returns when the drain has started.
     pub async fn begin(&self, grace: Duration) {
         self.stopping.cancel();
         // Started earlier with no grace (`cancel`): nothing is left to wait for.
         if !self.draining.is_cancelled() {
-            tokio::time::sleep(grace).await;
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                // Nobody connected is nobody to tell.
+                () = self.open.none() => {}
+            }
         }
         self.draining.cancel();
+    }
+
+    /// Counts a connection of one of the process's listeners as open, until the guard drops.
+    pub fn connection(&self) -> OpenConnection {
+        self.open.count.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(self.open.clone())
     }
 
     /// Both phases at once, with no grace: for tests, and for a task that must stop everything it
@@ -104,6 +157,7 @@ impl Shutdown {
         Self {
             stopping: self.stopping.child_token(),
             draining: self.draining.child_token(),
+            open: self.open.clone(),
         }
     }
 }
@@ -137,6 +191,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stopping_comes_first_and_the_drain_after_the_grace() {
         let shutdown = Shutdown::new();
+        let _watcher = shutdown.connection();
         assert!(!shutdown.is_cancelled() && !shutdown.is_draining());
         let phases = tokio::spawn({
             let shutdown = shutdown.clone();
@@ -153,6 +208,37 @@ mod tests {
             grace >= Duration::from_millis(200) && grace <= Duration::from_millis(201),
             "{grace:?}"
         );
+        phases.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_nobody_connected_there_is_no_grace() {
+        let shutdown = Shutdown::new();
+        drop(shutdown.connection());
+        let started = tokio::time::Instant::now();
+        shutdown.begin(Duration::from_secs(5)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(shutdown.is_draining());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_ends_when_the_last_connection_closes() {
+        let shutdown = Shutdown::new();
+        let first = shutdown.connection();
+        let second = shutdown.child_token().connection();
+        let phases = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { shutdown.begin(Duration::from_secs(5)).await }
+        });
+        shutdown.cancelled().await;
+        let stopped = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!shutdown.is_draining(), "one connection is still open");
+        drop(second);
+        shutdown.draining().await;
+        assert_eq!(stopped.elapsed(), Duration::from_secs(2));
         phases.await.unwrap();
     }
 
