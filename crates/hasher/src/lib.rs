@@ -308,10 +308,14 @@ pub async fn app(
     let shim = Router::new()
         .route("/", get(banner).post(hash_body))
         .method_not_allowed_fallback(method_not_allowed)
-        // A larger body gets 413 before it is read into memory.
-        .layer(DefaultBodyLimit::max(config.max_body))
-        // Outside the body limit: a large body waits for nothing, it is refused or let through.
-        .layer(admission)
+        .route_layer(
+            tower::ServiceBuilder::new()
+                // Outside the body limit: a large body waits for nothing, it is refused or let
+                // through.
+                .layer(admission)
+                // A larger body gets 413 before it is read into memory.
+                .layer(DefaultBodyLimit::max(config.max_body)),
+        )
         .with_state(hasher);
     let queue = mesh::server::queue::Queue::new(config.concurrency, config.max_queue);
     mesh::server::grpc::router(hash, FILE_DESCRIPTOR_SET, shim, queue, fault).await

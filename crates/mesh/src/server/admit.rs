@@ -29,17 +29,16 @@
 //! is bounded by that window.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
+use futures::future::{BoxFuture, Either};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::server::queue::{Refusal, refusal};
 
@@ -67,6 +66,11 @@ impl Admission {
     /// Large bodies being served now.
     pub fn in_use(&self) -> usize {
         self.at_once - self.turns.available_permits()
+    }
+
+    /// Whether a body of `size` bytes (`None`: unknown) needs a turn.
+    fn large(&self, size: Option<u64>) -> bool {
+        size.is_none_or(|size| size > self.threshold as u64)
     }
 }
 
@@ -134,33 +138,38 @@ where
 {
     type Response = http::Response<B>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Self::Response, Infallible>>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The inner service is called through `oneshot`, which waits for its readiness.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<RB>) -> Self::Future {
-        let inner = self.inner.clone();
+        let grpc = crate::headers::is_grpc(request.headers());
+        // An HTTP body says its size in its head: a small one goes straight on, with no future of
+        // ours around it. Only a gRPC message's size needs reading from the body.
+        if !grpc && !self.admission.large(request.body().size_hint().upper()) {
+            return Either::Left(self.inner.call(request));
+        }
+        // The service that was made ready goes into the future; this one keeps a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = self.admission.clone();
-        Box::pin(async move {
-            let grpc = crate::headers::is_grpc(request.headers());
+        Either::Right(Box::pin(async move {
             let (request, size) = if grpc {
                 peek_grpc_length(request).await
             } else {
                 let size = request.body().size_hint().upper();
                 (request, size)
             };
-            let large = size.is_none_or(|size| size > admission.threshold as u64);
-            if !large {
-                return inner.oneshot(request).await;
+            if !admission.large(size) {
+                return inner.call(request).await;
             }
             let Ok(turn) = admission.turns.clone().try_acquire_owned() else {
                 metrics::counter!("dockercoins_large_bodies_refused_total").increment(1);
                 return Ok(refuse(grpc, admission.at_once));
             };
-            let served = inner.oneshot(request);
+            let served = inner.call(request);
             let runtime = tokio::runtime::Handle::current();
             // The turn goes with the work: if the caller leaves, the thread still finishes (a
             // request's future cannot be cancelled from here), and the turn is still taken.
@@ -172,7 +181,7 @@ where
             served
                 .await
                 .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))
-        })
+        }))
     }
 }
 
@@ -229,7 +238,7 @@ mod tests {
 
     use axum::body::Body;
     use tokio::sync::Notify;
-    use tower::service_fn;
+    use tower::{ServiceExt, service_fn};
 
     /// A handler that reads the whole body, waits for `release`, and answers with what it read.
     fn reader(

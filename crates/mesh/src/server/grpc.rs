@@ -137,11 +137,13 @@ pub async fn health_and_reflection(
     (health, routes)
 }
 
-/// One port's whole router: `service` (a tonic server) and the HTTP `shim` behind one request
-/// `queue` and the injected `fault`, health and reflection (from the service's encoded
-/// `descriptor_set`) outside them, and [`fallback`] for every other path.
+/// One port's router: `service` (a tonic server) and the HTTP `shim` behind one request `queue`
+/// and the injected `fault`, health and reflection (from the service's encoded `descriptor_set`)
+/// outside them, every route counted and timed, and [`fallback`] for every other path.
 ///
-/// Returns the health reporter too, so that shutdown can report NOT_SERVING.
+/// Returns the health reporter too, so that shutdown can report NOT_SERVING. What applies to
+/// every answer alike (`x-served-by`, the request's span) is put around the whole router by
+/// [`serve_until`], once, rather than on each route.
 pub async fn router<S>(
     service: S,
     descriptor_set: &'static [u8],
@@ -168,30 +170,23 @@ where
         .chain(PROBE_DESCRIPTOR_SETS)
         .collect();
     let methods = methods(&services, &sets);
-    let record = crate::telemetry::metrics::RecordLayer::with_grpc_methods(methods);
-    let grpc = grpc.add_service(queue.service(service)).into_axum_router();
-    let shim = shim.layer(queue);
-    let app = shim
-        .merge(grpc)
-        // Injected faults delay or fail a request before it queues (see `crate::admin::fault`).
-        .route_layer(fault.clone())
+    // One layer stack per route: axum boxes a route again for each `route_layer`, and every
+    // request pays for each box (a clone and a boxed future).
+    let layers = tower::ServiceBuilder::new()
         // Counts and times each request until its answer ends (see `crate::telemetry::metrics`).
-        .route_layer(record)
+        .layer(crate::telemetry::metrics::RecordLayer::with_grpc_methods(
+            methods,
+        ))
+        // Injected faults delay or fail a request before it queues (see `crate::admin::fault`).
+        .layer(fault);
+    // The queue is inside the service's own route, so that health and reflection never wait.
+    let grpc = grpc.add_service(queue.service(service)).into_axum_router();
+    let app = shim
+        .route_layer(layers.clone().layer(queue))
+        .merge(grpc.route_layer(layers))
         // `/metrics` and the fault switch are on the admin port (`crate::admin`): nothing a
         // client sends here changes the service.
-        .fallback(fallback)
-        // A debug span per request, with the caller's trace id (see `crate::telemetry::trace`).
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(crate::telemetry::trace::request_span),
-        )
-        // Outermost: every answer, gRPC (as response metadata) or HTTP, says which replica gave
-        // it, so that clients and people can see the load spread.
-        .layer(SetResponseHeaderLayer::overriding(
-            http::HeaderName::from_static(SERVED_BY),
-            http::HeaderValue::from_str(&crate::hostname())
-                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
-        ));
+        .fallback(fallback);
     (health, app)
 }
 
@@ -262,6 +257,26 @@ where
     let (injection, delay, error_rate) = serving.faults;
     let (fault, switch) = injection.start(delay, error_rate);
     let (health, app) = app(fault).await;
+    let app = tower::ServiceBuilder::new()
+        // Every answer, gRPC (as response metadata) or HTTP, says which replica gave it, so that
+        // clients and people can see the load spread.
+        .layer(SetResponseHeaderLayer::overriding(
+            http::HeaderName::from_static(SERVED_BY),
+            http::HeaderValue::from_str(&crate::hostname())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+        ))
+        // A span per request, with the caller's trace id (see `crate::telemetry::trace`), when
+        // spans are on (export, or `RUST_LOG` at debug for them); otherwise no layer at all.
+        .option_layer(crate::telemetry::trace::spans_enabled().then(|| {
+            tower::ServiceBuilder::new()
+                // One body type whether the layer is there or not.
+                .map_response(|response: http::Response<_>| response.map(axum::body::Body::new))
+                .layer(
+                    tower_http::trace::TraceLayer::new_for_http()
+                        .make_span_with(crate::telemetry::trace::request_span),
+                )
+        }))
+        .service(app);
     let admin = crate::admin::Admin::new(shutdown.clone()).fault(switch);
     let admin_listener = crate::server::serve::bind(serving.admin_listen).await?;
     let reporter = tokio::spawn(health.follow(shutdown.clone()));

@@ -2,15 +2,16 @@
 //!
 //! The workshop's users point `httping` and `curl` (HTTP/1.x) and `grpcurl` (h2c, HTTP/2 without
 //! TLS) at the same port. hyper-util's `auto` connection builder detects the protocol of each
-//! connection, and tonic's services are axum routes, so one router and one listener serve both.
+//! connection, and tonic's services are axum routes, so one service (a router, with layers around
+//! it) and one listener serve both.
 //! axum's own `serve` gives hyper no timer, so it could set no timeout; this one sets every limit
 //! of [`Limits`] (see `crate::server::limits`), closes idle connections (see `crate::server::idle`) and caps the
 //! open connections (see `crate::server::accept`).
 
+use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -25,19 +26,28 @@ use crate::server::limits::Limits;
 use crate::server::shutdown::{DRAIN_DEADLINE, OpenConnection, Shutdown};
 use crate::server::timer::LazyTimer;
 
-/// Serves `app` on `listener` under `limits` until `shutdown` drains, then drains in-flight
-/// requests for at most [`DRAIN_DEADLINE`].
+/// Serves `app` (an axum `Router`, or a service built around one) on `listener` under `limits`
+/// until `shutdown` drains, then drains in-flight requests for at most [`DRAIN_DEADLINE`].
 ///
 /// Between the start of shutdown and its drain (the grace, see `crate::server::shutdown`) the
 /// listener still accepts and serves. At the drain it closes, HTTP/2 clients receive GOAWAY and
 /// idle HTTP/1 connections are closed; requests still running at the deadline are dropped so that
 /// the process exits in time.
-pub async fn serve(
+pub async fn serve<S, B>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     limits: &Limits,
     shutdown: Shutdown,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     let builder = Arc::new(builder(limits));
@@ -100,16 +110,25 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// What one connection's task needs.
-struct Connection {
+struct Connection<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    app: Router,
+    app: S,
     watcher: Watcher,
     limits: Limits,
     /// Holds the shutdown's grace while the connection is open.
     open: OpenConnection,
 }
 
-impl Connection {
+impl<S, B> Connection<S>
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// Serves one connection until it ends, is shut down gracefully, or its watchdog expires.
     async fn serve(self, accepted: Accepted) {
         let Accepted { stream, peer, slot } = accepted;

@@ -10,7 +10,6 @@
 //! when its answer ends, not when its headers are ready: a gRPC status travels in the trailers
 //! after a streamed answer, and the answer's body is part of what a caller waits for.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -143,7 +142,9 @@ impl<S> Layer<S> for RecordLayer {
 /// Read-only once built, so requests share it without a lock.
 #[derive(Debug)]
 struct Known {
-    methods: HashMap<Box<str>, Arc<Series>>,
+    /// A handful (a service's methods, health's and reflection's): a scan compares fewer bytes
+    /// than hashing the path would read.
+    methods: Box<[(Box<str>, Arc<Series>)]>,
     unmatched_grpc: Arc<Series>,
     unmatched_http: Arc<Series>,
 }
@@ -173,9 +174,12 @@ impl<S> Record<S> {
         let matched = matched.as_str();
         // A gRPC service's route matches the whole service; the method is the path.
         if matched.ends_with(GRPC_SERVICE_ROUTE) && crate::headers::is_grpc(request.headers()) {
+            let path = request.uri().path();
             let known = &self.known;
-            let series = known.methods.get(request.uri().path());
-            return series.unwrap_or(&known.unmatched_grpc).clone();
+            let series = known.methods.iter().find(|(method, _)| **method == *path);
+            return series
+                .map_or(&known.unmatched_grpc, |(_, series)| series)
+                .clone();
         }
         let series = self
             .route
@@ -367,7 +371,8 @@ impl Pending {
 
 /// The `grpc-status` in `headers`, if any; a value no gRPC code has is UNKNOWN, as tonic reads it.
 fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
-    let value = headers.get("grpc-status")?;
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(GRPC_STATUS)?;
     Some(tonic::Code::from_bytes(value.as_bytes()) as u16)
 }
 

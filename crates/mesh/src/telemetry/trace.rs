@@ -13,7 +13,6 @@
 
 use std::future::Future;
 
-use axum::extract::Request;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
@@ -26,6 +25,13 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The target of every span of the mesh's traces, which the OTLP export takes whatever
 /// `RUST_LOG` says (`RUST_LOG=mesh::trace=debug` logs them).
 pub const TARGET: &str = "mesh::trace";
+
+/// Whether the mesh's spans are on: exported (see `crate::telemetry::otlp`), or logged because
+/// `RUST_LOG` asks for [`TARGET`] at debug. The filter is set once at start-up, so a server asks
+/// once, when it builds its layers, and leaves the request span's layer out when they are off.
+pub fn spans_enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::DEBUG)
+}
 
 /// A W3C trace context: `00-<32 hex trace id>-<16 hex span id>-<flags>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,9 +200,9 @@ where
 
 /// The span of one served request (for tower-http's `TraceLayer::make_span_with`): the gRPC
 /// method or the HTTP path and, when the caller sent one, the caller's trace, whose child it is.
-pub fn request_span(request: &Request) -> Span {
+pub fn request_span<B>(request: &http::Request<B>) -> Span {
     // Below debug and without export the span is off: skip reading the header for it.
-    if !tracing::enabled!(target: TARGET, tracing::Level::DEBUG) {
+    if !spans_enabled() {
         return Span::none();
     }
     let parent = request
@@ -260,8 +266,8 @@ mod tests {
         }
     }
 
-    /// A served gRPC request as the router sees it, with `traceparent` when given.
-    fn grpc_request(path: &str, traceparent: Option<&str>) -> Request {
+    /// A served gRPC request, with `traceparent` when given.
+    fn grpc_request(path: &str, traceparent: Option<&str>) -> axum::extract::Request {
         let mut request = http::Request::builder()
             .uri(path)
             .header(http::header::CONTENT_TYPE, "application/grpc");
