@@ -8,6 +8,7 @@
 //! the `ledger` crate, not here.
 
 pub mod admin;
+pub mod answer;
 pub mod binary;
 pub mod client;
 pub mod config;

@@ -16,12 +16,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::{BoxFuture, Either};
 use tower::{Layer, Service};
+
+use crate::answer::TextBody;
 
 /// Whether faults can be injected at all (`FAULT_INJECTION`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,8 +75,9 @@ pub struct Setting {
     pub error_rate: f64,
 }
 
-/// The shared, changeable fault of one server. As a layer (for `Router::route_layer`), it applies
-/// the fault to each request (health, reflection and metrics are exempt).
+/// The shared, changeable fault of one server. As a layer, it applies the fault to each request
+/// of the service (a gRPC service, or a shim's routes) it is put in front of; a server puts it in
+/// front of nothing else, so that health, reflection and metrics are exempt.
 #[derive(Clone, Debug, Default)]
 pub struct Fault {
     shared: Arc<Shared>,
@@ -240,23 +243,31 @@ pub struct Faulty<S> {
     fault: Fault,
 }
 
-impl<S> Service<Request> for Faulty<S>
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Faulty<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, RB, B> Service<http::Request<RB>> for Faulty<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<http::Request<RB>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    RB: Send + 'static,
+    B: TextBody + 'static,
 {
-    type Response = Response;
+    type Response = http::Response<B>;
     type Error = Infallible;
-    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Self::Response, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let setting = match self.fault.active() {
-            Some(setting) if !request.uri().path().starts_with("/grpc.") => setting,
-            _ => return Either::Left(self.inner.call(request)),
+    fn call(&mut self, request: http::Request<RB>) -> Self::Future {
+        let Some(setting) = self.fault.active() else {
+            return Either::Left(self.inner.call(request));
         };
         // The service that was made ready goes into the future; this one keeps a clone.
         let clone = self.inner.clone();
@@ -266,7 +277,7 @@ where
                 tokio::time::sleep(setting.delay).await;
             }
             if setting.error_rate > 0.0 && rand::random::<f64>() < setting.error_rate {
-                return Ok(injected_failure(&request));
+                return Ok(injected_failure(crate::headers::is_grpc(request.headers())));
             }
             inner.call(request).await
         }))
@@ -274,11 +285,17 @@ where
 }
 
 /// UNAVAILABLE for a gRPC call, 503 for an HTTP request.
-fn injected_failure(request: &Request) -> Response {
-    if crate::headers::is_grpc(request.headers()) {
-        return tonic::Status::unavailable("injected fault").into_http::<axum::body::Body>();
+fn injected_failure<B: TextBody>(grpc: bool) -> http::Response<B> {
+    if grpc {
+        return tonic::Status::unavailable("injected fault").into_http();
     }
-    (StatusCode::SERVICE_UNAVAILABLE, "injected fault\n").into_response()
+    let mut response = http::Response::new(B::text("injected fault\n".to_string()));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 #[cfg(test)]

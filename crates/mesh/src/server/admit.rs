@@ -40,7 +40,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
-use crate::server::queue::{Refusal, refusal};
+use crate::answer::{TextBody, refusal};
 
 /// The length prefix of a gRPC message: a compression flag, then the length as a big-endian u32.
 const GRPC_PREFIX: usize = 5;
@@ -134,7 +134,7 @@ where
         + 'static,
     S::Future: Send,
     RB: Rebuild,
-    B: Refusal + Send + 'static,
+    B: TextBody + Send + 'static,
 {
     type Response = http::Response<B>;
     type Error = Infallible;
@@ -227,7 +227,7 @@ async fn peek_grpc_length<RB: Rebuild>(
 }
 
 /// The answer to a large body that found every turn taken.
-fn refuse<B: Refusal>(grpc: bool, at_once: usize) -> http::Response<B> {
+fn refuse<B: TextBody>(grpc: bool, at_once: usize) -> http::Response<B> {
     let reason = format!("{at_once} large requests are being read already, retry later");
     refusal(tonic::Status::resource_exhausted(reason), grpc)
 }

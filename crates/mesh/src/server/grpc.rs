@@ -8,9 +8,11 @@
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::Layer as _;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::headers::{SERVED_BY, is_grpc};
+use crate::telemetry::metrics::RecordLayer;
 
 /// The services every gRPC server of the mesh serves beside its own.
 const PROBE_SERVICES: [&str; 3] = [
@@ -85,13 +87,15 @@ impl Health {
 
 /// Builds the health and reflection services for a server that serves `services` (their full
 /// names, e.g. `dockercoins.rng.v1.RngService`), every one reported SERVING, described by
-/// `descriptor_sets` (encoded `FileDescriptorSet`s, as prost and tonic build them).
+/// `descriptor_sets` (encoded `FileDescriptorSet`s, as prost and tonic build them), each counted
+/// and timed by `record`.
 ///
 /// Returns the reporter and the gRPC routes, to which the caller adds its own service. These two
 /// stay outside any request queue: a probe must answer even when the queue is full.
 pub async fn health_and_reflection(
     services: &[&'static str],
     descriptor_sets: &[&'static [u8]],
+    record: &RecordLayer,
 ) -> (Health, Routes) {
     let (reporter, health_server) = tonic_health::server::health_reporter();
     let health_server = health_server
@@ -131,9 +135,9 @@ pub async fn health_and_reflection(
         .max_decoding_message_size(REFLECTION_MAX_REQUEST)
         .max_encoding_message_size(REFLECTION_MAX_ANSWER);
 
-    let routes = Routes::new(health_server)
-        .add_service(v1)
-        .add_service(v1alpha);
+    let routes = Routes::new(record.layer(health_server))
+        .add_service(record.layer(v1))
+        .add_service(record.layer(v1alpha));
     (health, routes)
 }
 
@@ -163,27 +167,26 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let (health, grpc) = health_and_reflection(&[S::NAME], &[descriptor_set]).await;
     // Calls are counted per method of the services this port serves, and no other name.
     let services: Vec<&str> = std::iter::once(S::NAME).chain(PROBE_SERVICES).collect();
     let sets: Vec<&[u8]> = std::iter::once(descriptor_set)
         .chain(PROBE_DESCRIPTOR_SETS)
         .collect();
-    let methods = methods(&services, &sets);
-    // One layer stack per route: axum boxes a route again for each `route_layer`, and every
+    let record = RecordLayer::with_grpc_methods(methods(&services, &sets));
+    let (health, grpc) = health_and_reflection(&[S::NAME], &[descriptor_set], &record).await;
+    // What the service's calls and the shim's requests go through, in this order: counted and
+    // timed until the answer ends (see `crate::telemetry::metrics`), then the injected fault
+    // (see `crate::admin::fault`), then the queue. Around the gRPC service itself, and as one
+    // `route_layer` for the shim: axum boxes a route again for each layer put on it, and every
     // request pays for each box (a clone and a boxed future).
     let layers = tower::ServiceBuilder::new()
-        // Counts and times each request until its answer ends (see `crate::telemetry::metrics`).
-        .layer(crate::telemetry::metrics::RecordLayer::with_grpc_methods(
-            methods,
-        ))
-        // Injected faults delay or fail a request before it queues (see `crate::admin::fault`).
-        .layer(fault);
-    // The queue is inside the service's own route, so that health and reflection never wait.
-    let grpc = grpc.add_service(queue.service(service)).into_axum_router();
+        .layer(record)
+        .layer(fault)
+        .layer(queue);
+    let grpc = grpc.add_service(layers.service(service)).into_axum_router();
     let app = shim
-        .route_layer(layers.clone().layer(queue))
-        .merge(grpc.route_layer(layers))
+        .route_layer(layers)
+        .merge(grpc)
         // `/metrics` and the fault switch are on the admin port (`crate::admin`): nothing a
         // client sends here changes the service.
         .fallback(fallback);

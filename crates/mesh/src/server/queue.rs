@@ -34,6 +34,7 @@ use tower::util::Either;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument as _;
 
+use crate::answer::{TextBody, refusal};
 use crate::headers::QUEUE_WAIT;
 
 /// The response header (gRPC metadata) that says how many requests wait in the queue.
@@ -150,7 +151,7 @@ where
         + 'static,
     S::Future: Send,
     RB: Send + 'static,
-    B: Refusal + 'static,
+    B: TextBody + 'static,
 {
     type Response = S::Response;
     type Error = Infallible;
@@ -162,24 +163,6 @@ where
 
     fn call(&mut self, request: http::Request<RB>) -> Self::Future {
         self.inner.call(request)
-    }
-}
-
-/// A response body the queue can answer with on its own, when it refuses a request.
-pub trait Refusal: Default {
-    /// A body of plain text.
-    fn text(text: String) -> Self;
-}
-
-impl Refusal for axum::body::Body {
-    fn text(text: String) -> Self {
-        text.into()
-    }
-}
-
-impl Refusal for tonic::body::Body {
-    fn text(text: String) -> Self {
-        tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(text)))
     }
 }
 
@@ -204,7 +187,7 @@ impl From<Refused> for tonic::Status {
 impl Refused {
     /// The answer: a gRPC status for a gRPC call, else 503 with `Retry-After` and one line of
     /// text (an HTTP request has no deadline, so only a full queue refuses it).
-    fn answer<B: Refusal>(self, grpc: bool) -> http::Response<B> {
+    fn answer<B: TextBody>(self, grpc: bool) -> http::Response<B> {
         metrics::counter!("dockercoins_queue_refused_total", "reason" => match self {
             Refused::Full { .. } => "full",
             Refused::DeadlineExceeded => "deadline",
@@ -212,26 +195,6 @@ impl Refused {
         .increment(1);
         refusal(tonic::Status::from(self), grpc)
     }
-}
-
-/// A refusal that tells the caller to come back: `status` for a gRPC call; for HTTP, 503 with
-/// `Retry-After: 1` and the status's message as one line of text.
-pub fn refusal<B: Refusal>(status: tonic::Status, grpc: bool) -> http::Response<B> {
-    if grpc {
-        return status.into_http();
-    }
-    let mut response = http::Response::new(B::text(format!("{}\n", status.message())));
-    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("1"),
-    );
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// The limited case: waits for a turn inside the response future, so that the wait can be timed
@@ -250,7 +213,7 @@ where
         + 'static,
     S::Future: Send,
     RB: Send + 'static,
-    B: Refusal + 'static,
+    B: TextBody + 'static,
 {
     type Response = S::Response;
     type Error = Infallible;

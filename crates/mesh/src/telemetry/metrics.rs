@@ -165,6 +165,10 @@ pub struct Record<S> {
     route: Arc<OnceLock<Arc<Series>>>,
 }
 
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Record<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 impl<S> Record<S> {
     /// The series of a request: its gRPC method's, its HTTP route's, or an `unmatched` one.
     fn series<B>(&self, request: &Request<B>) -> Arc<Series> {

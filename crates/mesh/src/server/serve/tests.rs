@@ -16,7 +16,8 @@ use crate::server::grpc::Health;
 /// A server with gRPC health, `GET /` answering `ok` and `POST /echo` echoing its body, under
 /// `limits`.
 async fn start(limits: Limits) -> (SocketAddr, Health, Shutdown) {
-    let (health, routes) = crate::server::grpc::health_and_reflection(&[], &[]).await;
+    let (health, routes) =
+        crate::server::grpc::health_and_reflection(&[], &[], &Default::default()).await;
     let app = routes
         .into_axum_router()
         .route("/", axum::routing::get(|| async { "ok" }))
@@ -271,7 +272,8 @@ async fn an_http2_head_over_the_cap_is_refused_and_the_connection_keeps_serving(
 
 #[tokio::test]
 async fn shutdown_closes_idle_connections_at_once_and_serve_returns() {
-    let (health, routes) = crate::server::grpc::health_and_reflection(&[], &[]).await;
+    let (health, routes) =
+        crate::server::grpc::health_and_reflection(&[], &[], &Default::default()).await;
     drop(health);
     let app = routes
         .into_axum_router()
@@ -314,7 +316,8 @@ async fn shutdown_closes_idle_connections_at_once_and_serve_returns() {
 async fn shutdown_says_not_serving_serves_through_the_grace_then_ends_watches_and_returns() {
     const GRACE: Duration = Duration::from_millis(300);
     const NOT_SERVING: i32 = health_check_response::ServingStatus::NotServing as i32;
-    let (health, routes) = crate::server::grpc::health_and_reflection(&[], &[]).await;
+    let (health, routes) =
+        crate::server::grpc::health_and_reflection(&[], &[], &Default::default()).await;
     let app = routes.into_axum_router();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
