@@ -523,6 +523,18 @@ mod tests {
         })))
     }
 
+    /// A failing replica, ejected by its consecutive failures, beside one that behaves (with which
+    /// the ejection stays under the cap). Returns it, its behaviour (to mend it), and the other.
+    async fn ejected(detector: &Detector) -> (Replica, Arc<Behaviour>, Replica) {
+        let other = replica(detector, &behaving(1));
+        let behaviour = failing();
+        let mut flaky = replica(detector, &behaviour);
+        for _ in 0..settings().consecutive_failures {
+            call(&mut flaky).await;
+        }
+        (flaky, behaviour, other)
+    }
+
     fn behaving(pause: u64) -> Arc<Behaviour> {
         let behaviour = Behaviour::default();
         behaviour.pause.store(pause, Ordering::SeqCst);
@@ -590,11 +602,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_backoff_doubles_with_each_ejection_up_to_the_longest() {
         let detector = Detector::new(settings());
-        let _other = replica(&detector, &behaving(1));
-        let mut bad = replica(&detector, &failing());
-        for _ in 0..settings().consecutive_failures {
-            call(&mut bad).await;
-        }
+        let (mut bad, _, _other) = ejected(&detector).await;
         // Each probe fails: out again, for twice as long, up to the cap (10, 20, 40, 60 s).
         let mut waits = Vec::new();
         for _ in 0..5 {
@@ -606,12 +614,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_ejected_replica_is_readmitted_after_its_backoff_when_its_probe_succeeds() {
         let detector = Detector::new(settings());
-        let _other = replica(&detector, &behaving(1));
-        let behaviour = failing();
-        let mut flaky = replica(&detector, &behaviour);
-        for _ in 0..settings().consecutive_failures {
-            call(&mut flaky).await;
-        }
+        let (mut flaky, behaviour, _other) = ejected(&detector).await;
         behaviour.failing.store(false, Ordering::SeqCst);
         tokio::time::sleep(settings().base_ejection - Duration::from_millis(10)).await;
         assert!(!is_ready(&mut flaky), "still ejected");
@@ -776,12 +779,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_call_ends_a_probe_without_a_verdict() {
         let detector = Detector::new(settings());
-        let _other = replica(&detector, &behaving(1));
-        let behaviour = failing();
-        let mut flaky = replica(&detector, &behaviour);
-        for _ in 0..settings().consecutive_failures {
-            call(&mut flaky).await;
-        }
+        let (mut flaky, behaviour, _other) = ejected(&detector).await;
         tokio::time::sleep(settings().base_ejection).await;
         behaviour.failing.store(false, Ordering::SeqCst);
         behaviour.pause.store(50, Ordering::SeqCst);
