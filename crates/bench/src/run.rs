@@ -45,8 +45,11 @@ pub struct Options {
     #[arg(long, default_value_t = 2)]
     pub grpc_connections: usize,
     /// Threads of the gRPC load generator, each a current-thread runtime with its share of the
-    /// connections. Two let it use whichever core the servers leave.
-    #[arg(long, default_value_t = 2)]
+    /// connections. One: with two, they and the server's one thread are three busy threads on two
+    /// cores, and the server is set aside while it has calls to answer (rng's `Generate`: 84,000
+    /// calls/s with two client threads, 121,000 with one; a slower server, whose own CPU is the
+    /// limit, measured the same with either).
+    #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
     /// Before measuring, wait up to this long for the machine to be quiet (default: 0s with
     /// --quick, 5m otherwise); the run goes ahead anyway, and the report says how busy it was.
