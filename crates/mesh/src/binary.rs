@@ -48,12 +48,16 @@ where
     E: From<std::io::Error>,
 {
     let config: C = config::parse();
-    let (traces, runtime) = config
-        .validate()
-        .map_err(|err| err.to_string())
-        .and_then(|()| otlp::Settings::from_env(<C as clap::CommandFactory>::command().get_name()))
-        .and_then(|traces| Ok((traces, runtime::build()?)))
-        .unwrap_or_else(|line| config::exit_invalid::<C>(&line));
+    let checked = || -> Result<_, Box<dyn std::error::Error>> {
+        config.validate()?;
+        let name = <C as clap::CommandFactory>::command()
+            .get_name()
+            .to_string();
+        let traces = otlp::Settings::from_env(&name)?;
+        Ok((traces, runtime::build()?))
+    };
+    let (traces, runtime) =
+        checked().unwrap_or_else(|err| config::exit_invalid::<C>(&err.to_string()));
     runtime.block_on(async move {
         let addresses = command::Addresses {
             listen: config.listen(),
@@ -68,7 +72,7 @@ where
         let exporter = traces.map(|traces| {
             traces
                 .start()
-                .unwrap_or_else(|line| config::exit_invalid::<C>(&line))
+                .unwrap_or_else(|err| config::exit_invalid::<C>(&err.to_string()))
         });
         telemetry::init(exporter.as_ref());
         // Before the service is built: the handles it takes then record into this recorder.

@@ -20,10 +20,22 @@ pub const THREADS_VARIABLE: &str = "TOKIO_WORKER_THREADS";
 /// not a number, and a huge one would exhaust the process's threads).
 pub const MAX_THREADS: usize = 1024;
 
+/// Why the runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// [`THREADS_VARIABLE`] is not a number from 1 to [`MAX_THREADS`].
+    #[error(
+        "{THREADS_VARIABLE}: invalid value {0:?}: expected a number of threads from 1 to {MAX_THREADS}"
+    )]
+    Threads(String),
+    #[error("cannot start the Tokio runtime: {0}")]
+    Start(#[from] std::io::Error),
+}
+
 /// The runtime for this process: current-thread, or multi-thread when [`THREADS_VARIABLE`] is
 /// set. A value that is not a number from 1 to [`MAX_THREADS`] is refused with one line naming
 /// the variable, before anything starts.
-pub fn build() -> Result<Runtime, String> {
+pub fn build() -> Result<Runtime, RuntimeError> {
     let mut builder = match threads(std::env::var(THREADS_VARIABLE).ok().as_deref())? {
         Some(threads) => {
             let mut builder = Builder::new_multi_thread();
@@ -32,20 +44,15 @@ pub fn build() -> Result<Runtime, String> {
         }
         None => Builder::new_current_thread(),
     };
-    builder
-        .enable_all()
-        .build()
-        .map_err(|err| format!("cannot start the Tokio runtime: {err}"))
+    Ok(builder.enable_all().build()?)
 }
 
 /// The number of worker threads `raw` asks for, if any.
-fn threads(raw: Option<&str>) -> Result<Option<usize>, String> {
+fn threads(raw: Option<&str>) -> Result<Option<usize>, RuntimeError> {
     let Some(raw) = raw else { return Ok(None) };
     match raw.trim().parse::<usize>() {
         Ok(threads) if (1..=MAX_THREADS).contains(&threads) => Ok(Some(threads)),
-        _ => Err(format!(
-            "{THREADS_VARIABLE}: invalid value {raw:?}: expected a number of threads from 1 to {MAX_THREADS}"
-        )),
+        _ => Err(RuntimeError::Threads(raw.to_string())),
     }
 }
 
@@ -55,14 +62,14 @@ mod tests {
 
     #[test]
     fn unset_means_one_thread_and_a_count_means_that_many() {
-        assert_eq!(threads(None), Ok(None));
-        assert_eq!(threads(Some("4")), Ok(Some(4)));
+        assert_eq!(threads(None).unwrap(), None);
+        assert_eq!(threads(Some("4")).unwrap(), Some(4));
     }
 
     #[test]
     fn bad_counts_are_refused_naming_the_variable() {
         for bad in ["0", "-1", "many", "", "1025", "99999999999999999999"] {
-            let err = threads(Some(bad)).unwrap_err();
+            let err = threads(Some(bad)).unwrap_err().to_string();
             assert!(
                 err.starts_with("TOKIO_WORKER_THREADS: invalid value"),
                 "{err}"

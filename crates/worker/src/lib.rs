@@ -143,16 +143,21 @@ fn balanced(
     )
 }
 
+/// Why the worker is not alive.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the discovery of {service} replicas has stopped")]
+struct DiscoveryStopped {
+    service: &'static str,
+}
+
 /// The worker's liveness: it cannot work once the discovery of rng or hasher has stopped (it only
 /// stops on shutdown, so anything else is a bug that a restart fixes).
 fn liveness(
     discoveries: [(&'static str, AbortHandle); 2],
     shutdown: mesh::Shutdown,
-) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+) -> impl Fn() -> Result<(), DiscoveryStopped> + Send + Sync + 'static {
     move || match discoveries.iter().find(|(_, task)| task.is_finished()) {
-        Some((service, _)) if !shutdown.is_cancelled() => {
-            Err(format!("the discovery of {service} replicas has stopped"))
-        }
+        Some(&(service, _)) if !shutdown.is_cancelled() => Err(DiscoveryStopped { service }),
         _ => Ok(()),
     }
 }
@@ -271,9 +276,11 @@ mod tests {
 
         rng.abort();
         tokio::task::yield_now().await;
+        let dead = alive().unwrap_err();
+        assert_eq!(dead, DiscoveryStopped { service: "rng" });
         assert_eq!(
-            alive(),
-            Err("the discovery of rng replicas has stopped".to_string())
+            dead.to_string(),
+            "the discovery of rng replicas has stopped"
         );
         shutdown.cancel();
         assert_eq!(alive(), Ok(()), "discovery stops on shutdown, as it should");

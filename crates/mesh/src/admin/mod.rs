@@ -25,8 +25,8 @@ pub mod command;
 pub mod fault;
 pub mod probe;
 
-/// Whether the process can do its work; `Err` holds the one-line reason it cannot.
-pub type Liveness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Whether the process can do its work; `Err` holds the reason it cannot, shown in one line.
+pub type Liveness = Arc<dyn Fn() -> Result<(), tower::BoxError> + Send + Sync>;
 
 /// What the admin routes answer from.
 #[derive(Clone)]
@@ -60,11 +60,11 @@ impl Admin {
     }
 
     /// Reports the process dead (`/healthz` 503) whenever `check` fails.
-    pub fn liveness(
+    pub fn liveness<E: Into<tower::BoxError>>(
         mut self,
-        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+        check: impl Fn() -> Result<(), E> + Send + Sync + 'static,
     ) -> Self {
-        self.liveness = Arc::new(check);
+        self.liveness = Arc::new(move || check().map_err(Into::into));
         self
     }
 
@@ -165,7 +165,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_liveness_check_is_503_with_its_reason() {
         let router = Admin::new(Shutdown::new())
-            .liveness(|| Err("rng discovery stopped".to_string()))
+            .liveness(|| Err("rng discovery stopped"))
             .router();
         let (status, body) = call(router, get("/healthz")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

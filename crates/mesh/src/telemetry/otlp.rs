@@ -41,6 +41,35 @@ const SAMPLERS: [&str; 6] = [
     "parentbased_traceidratio",
 ];
 
+/// A variable whose value the exporter cannot take: the one line the process exits with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: invalid value {value:?}: {why}")]
+pub struct InvalidVariable {
+    pub name: &'static str,
+    pub value: String,
+    /// What is wrong with it, or what is expected instead.
+    pub why: String,
+}
+
+impl InvalidVariable {
+    fn new(name: &'static str, value: &str, why: impl Into<String>) -> Self {
+        Self {
+            name,
+            value: value.to_string(),
+            why: why.into(),
+        }
+    }
+}
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the OTLP exporter's runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
 /// Export settings, read from the environment and checked before anything starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -51,7 +80,7 @@ pub struct Settings {
 impl Settings {
     /// The settings the process's environment asks for: `None` when export is off, and one line
     /// naming the variable when a value is wrong.
-    pub fn from_env(default_service_name: &str) -> Result<Option<Self>, String> {
+    pub fn from_env(default_service_name: &str) -> Result<Option<Self>, InvalidVariable> {
         Self::from_lookup(default_service_name, |name| std::env::var(name).ok())
     }
 
@@ -59,7 +88,7 @@ impl Settings {
     pub fn from_lookup(
         default_service_name: &str,
         lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, InvalidVariable> {
         let set = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
         if set("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
             return Ok(None);
@@ -68,12 +97,14 @@ impl Settings {
             None | Some("otlp") => {}
             Some("none") => return Ok(None),
             Some(other) => {
-                return Err(format!(
-                    "OTEL_TRACES_EXPORTER: invalid value {other:?}: expected otlp or none"
+                return Err(InvalidVariable::new(
+                    "OTEL_TRACES_EXPORTER",
+                    other,
+                    "expected otlp or none",
                 ));
             }
         }
-        let endpoints: Vec<(&str, String)> = ENDPOINT_VARIABLES
+        let endpoints: Vec<(&'static str, String)> = ENDPOINT_VARIABLES
             .iter()
             .filter_map(|name| set(name).map(|value| (*name, value)))
             .collect();
@@ -81,16 +112,17 @@ impl Settings {
             return Ok(None);
         }
         for (name, value) in &endpoints {
-            check_endpoint(value)
-                .map_err(|why| format!("{name}: invalid value {value:?}: {why}"))?;
+            check_endpoint(value).map_err(|why| InvalidVariable::new(name, value, why))?;
         }
         for name in [
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
         ] {
             if let Some(protocol) = set(name).filter(|protocol| protocol.trim() != "grpc") {
-                return Err(format!(
-                    "{name}: invalid value {protocol:?}: only grpc is built in"
+                return Err(InvalidVariable::new(
+                    name,
+                    &protocol,
+                    "only grpc is built in",
                 ));
             }
         }
@@ -98,9 +130,10 @@ impl Settings {
         if let Some(sampler) = &sampler
             && !SAMPLERS.contains(&sampler.as_str())
         {
-            return Err(format!(
-                "OTEL_TRACES_SAMPLER: invalid value {sampler:?}: expected one of {}",
-                SAMPLERS.join(", ")
+            return Err(InvalidVariable::new(
+                "OTEL_TRACES_SAMPLER",
+                sampler,
+                format!("expected one of {}", SAMPLERS.join(", ")),
             ));
         }
         if let Some(raw) = set("OTEL_TRACES_SAMPLER_ARG")
@@ -112,8 +145,10 @@ impl Settings {
                 .parse::<f64>()
                 .is_ok_and(|ratio| (0.0..=1.0).contains(&ratio))
         {
-            return Err(format!(
-                "OTEL_TRACES_SAMPLER_ARG: invalid value {raw:?}: expected a ratio from 0 to 1"
+            return Err(InvalidVariable::new(
+                "OTEL_TRACES_SAMPLER_ARG",
+                &raw,
+                "expected a ratio from 0 to 1",
             ));
         }
         let service_name = set("OTEL_SERVICE_NAME")
@@ -125,20 +160,18 @@ impl Settings {
     /// Starts the exporter: its runtime, its (lazy) connection, and the SDK's batch processor.
     ///
     /// Fails with one line when the SDK refuses one of its own variables.
-    pub fn start(&self) -> Result<Exporter, String> {
+    pub fn start(&self) -> Result<Exporter, StartError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-export")
             .enable_all()
-            .build()
-            .map_err(|err| format!("cannot start the OTLP exporter's runtime: {err}"))?;
+            .build()?;
         let exporter = {
             // The channel's connection task is spawned on the runtime entered here.
             let _entered = runtime.enter();
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .build()
-                .map_err(|err| format!("OTLP exporter: {err}"))?
+                .build()?
         };
         let resource = Resource::builder()
             .with_service_name(self.service_name.clone())
@@ -157,16 +190,16 @@ impl Settings {
 }
 
 /// Whether `raw` is an endpoint the built-in exporter can reach: `http://host:port` (no TLS is
-/// built in, and gRPC has no path).
-fn check_endpoint(raw: &str) -> Result<(), String> {
+/// built in, and gRPC has no path). The error is what is wrong with it.
+fn check_endpoint(raw: &str) -> Result<(), std::borrow::Cow<'static, str>> {
     let uri: http::Uri = raw
         .trim()
         .parse()
         .map_err(|err| format!("not a URL ({err})"))?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), Some(_)) => Ok(()),
-        (Some("https"), _) => Err("https is not built in: use an http:// endpoint".to_string()),
-        _ => Err("expected an http:// URL with a host, such as http://collector:4317".to_string()),
+        (Some("https"), _) => Err("https is not built in: use an http:// endpoint".into()),
+        _ => Err("expected an http:// URL with a host, such as http://collector:4317".into()),
     }
 }
 
@@ -204,7 +237,7 @@ mod tests {
 
     use std::collections::HashMap;
 
-    fn settings(vars: &[(&str, &str)]) -> Result<Option<Settings>, String> {
+    fn settings(vars: &[(&str, &str)]) -> Result<Option<Settings>, InvalidVariable> {
         let vars: HashMap<String, String> = vars
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
@@ -297,8 +330,10 @@ mod tests {
             ),
         ] {
             let err = settings(&bad).unwrap_err();
+            assert_eq!(err.name, variable, "{err}");
             assert!(
-                err.starts_with(&format!("{variable}: invalid value")),
+                err.to_string()
+                    .starts_with(&format!("{variable}: invalid value")),
                 "{err}"
             );
         }
