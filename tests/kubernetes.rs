@@ -670,16 +670,6 @@ fn workshop_keeps_the_lessons_delays_and_turbo_has_none() {
     }
 }
 
-/// The flags every deployment gives Redis: an append-only file synced once a second, memory
-/// capped (as tests/support's `REDIS_MAXMEMORY`), nothing ever evicted.
-const REDIS_FLAGS: [(&str, &str); 5] = [
-    ("--appendonly", "yes"),
-    ("--appendfsync", "everysec"),
-    ("--save", ""),
-    ("--maxmemory", "96mb"),
-    ("--maxmemory-policy", "noeviction"),
-];
-
 /// The value after each flag of `command` (a list of strings).
 fn flags(command: &Value) -> BTreeMap<String, String> {
     array(command)
@@ -691,7 +681,10 @@ fn flags(command: &Value) -> BTreeMap<String, String> {
 
 fn assert_redis_flags(what: &str, command: &Value) {
     let flags = flags(command);
-    for (flag, value) in REDIS_FLAGS {
+    let deployed = ledger::REDIS_DURABILITY
+        .into_iter()
+        .chain([("--maxmemory", ledger::REDIS_MAXMEMORY)]);
+    for (flag, value) in deployed {
         assert_eq!(
             flags.get(flag).map(String::as_str),
             Some(value),

@@ -283,8 +283,7 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-/// The `maxmemory` every deployment gives Redis (docker-compose.yml, the Swarm stack, Kubernetes).
-pub const REDIS_MAXMEMORY: &str = "96mb";
+pub use ledger::REDIS_MAXMEMORY;
 
 /// A real redis-server on a free loopback port, with its data in a temporary directory, run as
 /// deployed: append-only file synced once a second (`appendfsync everysec`), `maxmemory` with
@@ -319,24 +318,13 @@ impl Redis {
     pub fn restart(&mut self) {
         let port = self.port.to_string();
         let dir = self.dir.path().display().to_string();
-        let args = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--dir",
-            &dir,
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--maxmemory",
-            &self.maxmemory,
-            "--maxmemory-policy",
-            "noeviction",
-        ];
+        let mut args = vec!["--bind", "127.0.0.1", "--port", &port, "--dir", &dir];
+        args.extend(
+            ledger::REDIS_DURABILITY
+                .iter()
+                .flat_map(|&(flag, value)| [flag, value]),
+        );
+        args.extend(["--maxmemory", &self.maxmemory]);
         let process = Process::spawn("redis", &tool("redis-server"), &args, &[]);
         process.wait_for_log("Ready to accept connections", START_DEADLINE);
         self.process = Some(process);

@@ -108,8 +108,6 @@ const QUIET_PERCENT: f64 = 20.0;
 /// The 32-byte body the hasher shim is sent (what the worker sends over gRPC).
 const BODY: &str = "0123456789abcdef0123456789abcdef";
 
-/// Redis's `maxmemory` in every deployment.
-pub const REDIS_MAXMEMORY: &str = "96mb";
 /// `WORKER_DIFFICULTY` of every worker the bench starts, as in the turbo overlay: at ~930k
 /// hashes/s, difficulty 1 would put ~58,000 coins a second into the wallet and fill Redis within
 /// minutes; at 5 it is about one a second.
@@ -130,32 +128,19 @@ pub struct Stack {
 impl Stack {
     pub fn start(options: &Options, logs: &Path) -> anyhow::Result<Self> {
         let port = process::free_port()?;
-        // As deployed (docker-compose.yml): an append-only file synced once a second, memory
-        // capped, nothing evicted. Its own directory, emptied first: each run starts from zero.
-        // tests/support starts Redis with the same flags; neither depends on the other for them.
+        // As deployed (the ledger's flags: an append-only file synced once a second, memory
+        // capped, nothing evicted). Its own directory, emptied first: each run starts from zero.
         let dir = options.out_dir.join("redis");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let args = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--dir",
-            &dir.display().to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--maxmemory",
-            REDIS_MAXMEMORY,
-            "--maxmemory-policy",
-            "noeviction",
-        ]
-        .map(str::to_string);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (port, dir) = (port.to_string(), dir.display().to_string());
+        let mut args = vec!["--bind", "127.0.0.1", "--port", &port, "--dir", &dir];
+        args.extend(
+            ledger::REDIS_DURABILITY
+                .iter()
+                .flat_map(|&(flag, value)| [flag, value]),
+        );
+        args.extend(["--maxmemory", ledger::REDIS_MAXMEMORY]);
         let mut redis = Running::spawn("redis", Path::new("redis-server"), &args, &[], logs)
             .context("start redis-server (scripts/install-prereqs installs it)")?;
         redis.wait_for_log("Ready to accept connections")?;

@@ -27,6 +27,20 @@ mod redis_server;
 /// them and the dashboard shows them.
 pub const SERVED_SERVICES: &[&str] = &["rng", "hasher"];
 
+/// How Redis must run for the layout's promise that no acknowledged count is lost: an append-only
+/// file synced once a second (SIGTERM loses nothing, a crash at most that second), no snapshots,
+/// and nothing ever evicted (a full Redis refuses writes, and the workers keep their counts).
+/// Every deployment passes these flags, as do the tests and the bench; tests/kubernetes.rs checks
+/// the deployment files against them.
+pub const REDIS_DURABILITY: [(&str, &str); 4] = [
+    ("--appendonly", "yes"),
+    ("--appendfsync", "everysec"),
+    ("--save", ""),
+    ("--maxmemory-policy", "noeviction"),
+];
+/// Redis's `--maxmemory` in every deployment: days of the workshop's wallet.
+pub const REDIS_MAXMEMORY: &str = "96mb";
+
 /// Units of work done: a string holding an integer (`INCRBY`). The workshop's name, which its
 /// readers (the original webui, people with `redis-cli`) know.
 pub const HASHES: &str = "hashes";
