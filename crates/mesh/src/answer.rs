@@ -2,6 +2,36 @@
 //! injected failure), in the body type of the service it stands in front of: axum's for the HTTP
 //! shims, tonic's for gRPC services.
 
+use std::convert::Infallible;
+
+/// What the layers here stand in front of, and `serve` serves: an HTTP service that answers every
+/// request (its failures are answers, so it never errs), and that a layer can clone into a future
+/// that outlives the call.
+pub trait Answers<RB>:
+    tower::Service<
+        http::Request<RB>,
+        Response = http::Response<<Self as Answers<RB>>::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The body of its answers.
+    type Body;
+}
+
+impl<S, RB, B> Answers<RB> for S
+where
+    S: tower::Service<http::Request<RB>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Body = B;
+}
+
 /// A response body a layer can build by itself: empty (`Default`), or plain text.
 pub trait TextBody: Default {
     /// A body of plain text.

@@ -23,7 +23,7 @@ use axum::routing::get;
 use futures::future::{BoxFuture, Either};
 use tower::{Layer, Service};
 
-use crate::answer::TextBody;
+use crate::answer::{Answers, TextBody};
 
 /// Whether faults can be injected at all (`FAULT_INJECTION`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -249,11 +249,7 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Faulty<S> {
 
 impl<S, RB, B> Service<http::Request<RB>> for Faulty<S>
 where
-    S: Service<http::Request<RB>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Answers<RB, Body = B>,
     RB: Send + 'static,
     B: TextBody + 'static,
 {

@@ -40,7 +40,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
-use crate::answer::{TextBody, refusal};
+use crate::answer::{Answers, TextBody, refusal};
 
 /// The length prefix of a gRPC message: a compression flag, then the length as a big-endian u32.
 const GRPC_PREFIX: usize = 5;
@@ -128,11 +128,7 @@ impl Rebuild for tonic::body::Body {
 
 impl<S, RB, B> Service<http::Request<RB>> for Admitted<S>
 where
-    S: Service<http::Request<RB>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Answers<RB, Body = B>,
     RB: Rebuild,
     B: TextBody + Send + 'static,
 {

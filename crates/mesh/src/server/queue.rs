@@ -34,7 +34,7 @@ use tower::util::Either;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument as _;
 
-use crate::answer::{TextBody, refusal};
+use crate::answer::{Answers, TextBody, refusal};
 use crate::headers::QUEUE_WAIT;
 
 /// The response header (gRPC metadata) that says how many requests wait in the queue.
@@ -145,11 +145,7 @@ impl<S: NamedService> NamedService for Queued<S> {
 
 impl<S, RB, B> Service<http::Request<RB>> for Queued<S>
 where
-    S: Service<http::Request<RB>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Answers<RB, Body = B>,
     RB: Send + 'static,
     B: TextBody + 'static,
 {
@@ -207,11 +203,7 @@ pub struct Limited<S> {
 
 impl<S, RB, B> Service<http::Request<RB>> for Limited<S>
 where
-    S: Service<http::Request<RB>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Answers<RB, Body = B>,
     RB: Send + 'static,
     B: TextBody + 'static,
 {

@@ -8,7 +8,6 @@
 //! of [`Limits`] (see `crate::server::limits`), closes idle connections (see `crate::server::idle`) and caps the
 //! open connections (see `crate::server::accept`).
 
-use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use crate::answer::Answers;
 use crate::server::accept::{Accepted, Acceptor};
 use crate::server::idle::{Activity, Tracked};
 use crate::server::limits::Limits;
@@ -40,11 +40,7 @@ pub async fn serve<S, B>(
     shutdown: Shutdown,
 ) -> io::Result<()>
 where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Answers<Incoming, Body = B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -121,11 +117,7 @@ struct Connection<S> {
 
 impl<S, B> Connection<S>
 where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Answers<Incoming, Body = B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
