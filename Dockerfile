@@ -16,14 +16,15 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Only what the binaries are built from, so that editing tests, scripts or docs keeps this cached.
 COPY Cargo.toml Cargo.lock build.rs ./
-# Build settings: the allocator's compile-time defaults (see .cargo/config.toml).
+# Build settings: the allocator's compile-time defaults, v0 symbol names (see .cargo/config.toml).
 COPY .cargo .cargo
 COPY proto proto
 COPY src src
 COPY crates crates
 # crt-static links glibc in: the binaries need no shared library, so `scratch` can run them.
 # (Name lookups still work: Docker puts /etc/hosts and /etc/resolv.conf in every container.)
-ENV RUSTFLAGS="-C target-feature=+crt-static"
+# RUSTFLAGS replaces .cargo/config.toml's flags, so its v0 symbol names are asked for again.
+ENV RUSTFLAGS="-C target-feature=+crt-static -C symbol-mangling-version=v0"
 RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
  && cargo build --release --locked --target "$target" \
       --bin rng --bin hasher --bin worker --bin webui \
