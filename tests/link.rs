@@ -1,5 +1,5 @@
-//! The services' link layout: every binary places the functions the services run (the list
-//! scripts/link-order wrote into crates/mesh/link/startup.ld) before all its other code, so that
+//! The services' link layout: every binary places the functions its service runs (the list
+//! scripts/link-order wrote into crates/mesh/link/<service>.ld) before all its other code, so that
 //! start-up reads a few hundred of the binary's pages rather than nearly all of them.
 
 mod support;
