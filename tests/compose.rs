@@ -36,8 +36,60 @@ const OUR_SERVICES: [&str; 4] = ["rng", "hasher", "worker", "webui"];
 /// The host's ports 8000-8002 and the images: one test at a time.
 static HOST: Mutex<()> = Mutex::new(());
 
+/// The prefix of every project these tests start; the test process's id follows.
+const PROJECT_PREFIX: &str = "dockercoins-test-";
+
 fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    HOST.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let turn = HOST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    remove_leftover_projects();
+    turn
+}
+
+/// Takes down the projects of test processes that no longer run. A test killed before its
+/// `Project` dropped (a timeout, a machine stopped mid-run) leaves its stack behind, and
+/// `restart: unless-stopped` brings it back with the daemon: it would hold the host's ports and
+/// fail every later `up` here with "port is already allocated".
+fn remove_leftover_projects() {
+    let listed = run(
+        Path::new("docker"),
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            "label=com.docker.compose.project",
+            "--format",
+            r#"{{.Label "com.docker.compose.project"}}"#,
+        ],
+    );
+    let mut projects: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|name| {
+            name.strip_prefix(PROJECT_PREFIX)
+                .and_then(|rest| rest.rsplit('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(str::to_string)
+        .collect();
+    projects.sort_unstable();
+    projects.dedup();
+    for name in projects {
+        eprintln!("removing {name}, left by a test process that is gone");
+        let label = format!("label=com.docker.compose.project={name}");
+        let containers = docker(&["ps", "-aq", "--filter", &label]);
+        let networks = docker(&["network", "ls", "-q", "--filter", &label]);
+        let volumes = docker(&["volume", "ls", "-q", "--filter", &label]);
+        for (remove, ids) in [
+            (&["rm", "-f"][..], containers),
+            (&["network", "rm"][..], networks),
+            (&["volume", "rm"][..], volumes),
+        ] {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                docker(&[remove, &ids].concat());
+            }
+        }
+    }
 }
 
 /// Which Compose runs the file.
@@ -97,7 +149,7 @@ impl Project {
     fn with_flags(engine: Engine, flags: &'static [&'static str]) -> Self {
         Self {
             engine,
-            name: format!("dockercoins-test-{engine:?}-{}", std::process::id()).to_lowercase(),
+            name: format!("{PROJECT_PREFIX}{engine:?}-{}", std::process::id()).to_lowercase(),
             flags,
         }
     }
@@ -107,10 +159,9 @@ impl Project {
         let output = self.compose_output(args);
         assert!(
             output.status.success(),
-            "{:?} {args:?} failed: {}{}",
+            "{:?} {args:?} failed: {}",
             self.engine,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            last_lines(&output, 40)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
@@ -163,6 +214,22 @@ impl Project {
 impl Drop for Project {
     fn drop(&mut self) {
         let _ = self.compose_output(&["down", "--volumes", "--remove-orphans", "--timeout", "3"]);
+    }
+}
+
+/// The end of what a command printed, stdout then stderr: where compose says why it failed,
+/// after a build's hundreds of lines.
+fn last_lines(output: &Output, count: usize) -> String {
+    let text = [&output.stdout, &output.stderr]
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        .concat();
+    let lines: Vec<&str> = text.lines().collect();
+    let skipped = lines.len().saturating_sub(count);
+    let shown = lines[skipped..].join("\n");
+    if skipped == 0 {
+        shown
+    } else {
+        format!("({skipped} lines before these)\n{shown}")
     }
 }
 
