@@ -5,9 +5,9 @@
 
 mod support;
 
-use std::process::Command;
-
 use object::{Object, ObjectSection};
+
+include!("../crates/mesh/link/glibc.rs");
 
 const SERVICES: [&str; 4] = ["rng", "hasher", "worker", "webui"];
 
@@ -42,24 +42,9 @@ fn the_functions_start_up_runs_come_first() {
     }
 }
 
-/// This machine's glibc, as `(major, minor)`.
-fn glibc() -> (u32, u32) {
-    let output = Command::new("getconf")
-        .arg("GNU_LIBC_VERSION")
-        .output()
-        .expect("getconf runs");
-    let version = String::from_utf8_lossy(&output.stdout);
-    let (major, minor) = version
-        .trim()
-        .trim_start_matches("glibc ")
-        .split_once('.')
-        .expect("`glibc <major>.<minor>`");
-    (major.parse().unwrap(), minor.parse().unwrap())
-}
-
 #[test]
 fn relocations_are_packed_where_glibc_applies_them() {
-    let packed = glibc() >= (2, 36);
+    let packed = glibc_version().expect("getconf names this machine's glibc") >= (2, 36);
     for name in SERVICES {
         let data = std::fs::read(support::workspace_binary(name)).expect("read the binary");
         let file = parse(&data);

@@ -5,7 +5,8 @@
 //! library it is built with can apply them packed.
 
 use std::path::Path;
-use std::process::Command;
+
+include!("glibc.rs");
 
 fn main() {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
@@ -40,18 +41,5 @@ fn glibc_applies_relr() -> bool {
     {
         return false;
     }
-    // `glibc 2.36`
-    let Ok(output) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
-        return false;
-    };
-    let version = String::from_utf8_lossy(&output.stdout);
-    let mut numbers = version
-        .trim()
-        .trim_start_matches("glibc ")
-        .split('.')
-        .map(|part| part.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= (2, 36),
-        _ => false,
-    }
+    glibc_version().is_some_and(|version| version >= (2, 36))
 }
