@@ -19,7 +19,7 @@ struct Measure {
 }
 
 /// The measures every `results.json` has: the turbo rate, each load's rate and p99, the ratios
-/// to the floor, and each service's peak memory.
+/// to the floor, and each service's memory idle and at its peak.
 fn measures(sample: &Value) -> Vec<Measure> {
     let mut measures = vec![Measure {
         key: "turbo_hashes_per_s".into(),
@@ -43,12 +43,14 @@ fn measures(sample: &Value) -> Vec<Measure> {
             }
         }
     }
-    if let Some(services) = sample["rss_mib"].as_object() {
-        for service in services.keys() {
-            measures.push(Measure {
-                key: format!("rss_mib.{service}"),
-                higher_is_better: false,
-            });
+    for memory in ["rss_idle_mib", "rss_mib"] {
+        if let Some(services) = sample[memory].as_object() {
+            for service in services.keys() {
+                measures.push(Measure {
+                    key: format!("{memory}.{service}"),
+                    higher_is_better: false,
+                });
+            }
         }
     }
     measures
@@ -145,7 +147,7 @@ mod tests {
     fn medians_ratios_and_the_tolerance_in_the_bad_direction() {
         let run = |turbo: f64, p99: f64, rss: f64| {
             json!({"turbo_hashes_per_s": turbo, "rng_http_rps": turbo, "rng_http_p99_ms": p99,
-                   "rss_mib": {"rng": rss}})
+                   "rss_idle_mib": {"rng": rss / 2.0}, "rss_mib": {"rng": rss}})
         };
         let before = [
             run(100.0, 1.0, 10.0),
@@ -168,6 +170,10 @@ mod tests {
         );
         assert!(
             table.contains("| rss_mib.rng | 10.00 | 9.00 | 0.900 | yes |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| rss_idle_mib.rng | 5.00 | 4.50 | 0.900 | yes |"),
             "{table}"
         );
     }

@@ -53,7 +53,14 @@ where
         let name = <C as clap::CommandFactory>::command()
             .get_name()
             .to_string();
-        let traces = otlp::Settings::from_env(&name)?;
+        // `--cfg mesh_no_otlp` builds the services with the exporter left out (it is then never
+        // started, and the linker drops its code), to measure what it costs linked in but unset:
+        // `scripts/bench-compare --cfg mesh_no_otlp`. Not a configuration the images use.
+        let traces = if cfg!(mesh_no_otlp) {
+            None
+        } else {
+            otlp::Settings::from_env(&name)?
+        };
         Ok((traces, runtime::build()?))
     };
     let (traces, runtime) =

@@ -18,7 +18,9 @@ pub fn init(exporter: Option<&crate::telemetry::otlp::Exporter>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
     let ansi = std::io::stderr().is_terminal();
-    let Some(exporter) = exporter else {
+    // Under `--cfg mesh_no_otlp` (see `crate::binary::main`) no exporter exists, and the branch
+    // that would take one goes with it.
+    let Some(exporter) = exporter.filter(|_| !cfg!(mesh_no_otlp)) else {
         // Without export, the subscriber every service had before it: one global filter.
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
