@@ -96,9 +96,18 @@ fn mine(rngs: &[Service], hasher: &Service, redis: &Redis) -> support::Process {
 #[test]
 fn a_slow_and_a_failing_replica_are_singled_out_and_agree_with_their_own_metrics() {
     let redis = Redis::start();
+    // No queue in the replicas: when the worker ejects the sick two, rng-a takes all ten units in
+    // flight, and a one-at-a-time rng would make each of them wait up to a second, as slow as
+    // rng-b. Unqueued, each replica's latency is its own.
     let rngs: Vec<Service> = ["rng-a", "rng-b", "rng-c"]
         .into_iter()
-        .map(|name| Service::start("rng", &[("HOSTNAME", name.to_string())]))
+        .map(|name| {
+            let env = [
+                ("HOSTNAME", name.to_string()),
+                ("RNG_CONCURRENCY", "0".to_string()),
+            ];
+            Service::start("rng", &env)
+        })
         .collect();
     let hasher = Service::start("hasher", &[("HOSTNAME", "hasher-a".to_string())]);
     let webui = Service::start("webui", &[("REDIS_URL", redis.url())]);
