@@ -17,6 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -199,6 +200,20 @@ impl Memory {
     pub fn peak_mib(&self) -> f64 {
         self.peak_kib as f64 / 1024.0
     }
+}
+
+/// Drops `path`'s pages from the page cache, so that the process started from it next reads it
+/// from disk, as a container's first start does. How a file came into the cache otherwise sets
+/// what its processes hold: the kernel maps a whole page-cache folio around every page a process
+/// touches, and a binary just copied with `cp` sits in larger folios than one the linker wrote or
+/// one read cold (0.3-0.6 MiB more idle RSS per service, docs/BENCHMARKS.md).
+pub fn evict_from_page_cache(path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    // Dirty pages cannot be dropped: to disk first.
+    file.sync_all()
+        .with_context(|| format!("sync {}", path.display()))?;
+    posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+        .with_context(|| format!("evict {} from the page cache", path.display()))
 }
 
 /// `VmRSS` and `VmHWM` of process `pid`, from `/proc/<pid>/status`.
