@@ -30,7 +30,8 @@ const MAX_SIZE: u64 = 1_048_576;
 pub enum Server {
     /// `dockercoins.rng.v1.RngService/Generate` on `tonic::transport::Server`.
     Tonic,
-    /// `GET /{n}` on an axum router.
+    // `<n>`, not `{n}`: clap's help prints `{n}` as a line break.
+    /// `GET /<n>` on an axum router.
     Axum,
 }
 

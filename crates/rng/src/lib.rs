@@ -32,7 +32,7 @@ pub struct Config {
     /// Address the gRPC + HTTP listener binds.
     #[arg(long, env = "RNG_LISTEN", default_value = "0.0.0.0:8001")]
     pub listen: SocketAddr,
-    /// Time each Generate (and each `GET /{n}`) takes: the workshop's sleep ("0s" = none).
+    /// Time each Generate (and each `GET /<n>`) takes: the workshop's sleep ("0s" = none).
     #[arg(long, env = "RNG_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub delay: Duration,
     /// Requests served at once; the others wait in one queue (0 = unlimited).
@@ -258,6 +258,15 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_help_names_the_shims_path_on_one_line() {
+        // clap's help turns `{n}` into a line break, so the path is written `/<n>`.
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("(and each `GET /<n>`) takes"), "{help}");
+    }
 
     #[test]
     fn sizes_are_plain_non_negative_integers() {

@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(
     name = "bench-bare",
-    about = "rng's Generate or GET /{n}, served by tonic or axum alone"
+    about = "rng's Generate or GET /<n>, served by tonic or axum alone"
 )]
 struct Args {
     #[arg(value_enum)]
