@@ -118,7 +118,9 @@ fn a_slow_and_a_failing_replica_are_singled_out_and_agree_with_their_own_metrics
     let started = Instant::now();
 
     // Singled out well within 10 s (7, so that every call so far is still in the window below):
-    // rng-b slow, rng-c failing, rng-a neither.
+    // rng-b slow, rng-c failing, rng-a neither. rng-c is marked at its first failure (below 95%),
+    // when a handful of calls may show 1 failure in 8; its rate must come down to what half its
+    // calls failing gives, not stop at the mark.
     let json = eventually(Duration::from_secs(7), "the sick replicas marked", || {
         let json = webui.get_json("/json")?;
         let sick = |name| replica(&json, "rng", name).map(|r| r["sick"].as_str().map(String::from));
@@ -126,14 +128,13 @@ fn a_slow_and_a_failing_replica_are_singled_out_and_agree_with_their_own_metrics
         replica(&json, "hasher", "hasher-a")?;
         let marked = sick("rng-a")?.is_none()
             && sick("rng-b")??.contains("slow")
-            && sick("rng-c")??.contains("failing");
+            && sick("rng-c")??.contains("failing")
+            && replica(&json, "rng", "rng-c")?["success_rate"].as_f64()? < 0.8;
         marked.then_some(json)
     });
     eprintln!("marked after {:?}: {}", started.elapsed(), json["golden"]);
     let b = replica(&json, "rng", "rng-b").unwrap();
-    let c = replica(&json, "rng", "rng-c").unwrap();
     assert!(b["p50_ms"].as_f64().unwrap() >= 500.0, "{b}");
-    assert!(c["success_rate"].as_f64().unwrap() < 0.8, "{c}");
 
     // Stop the calls while the 10 s window still holds all of them, then compare with what each
     // replica counted itself.
