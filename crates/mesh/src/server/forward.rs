@@ -22,7 +22,7 @@ use tracing::{debug, info};
 
 use crate::Shutdown;
 use crate::server::accept::{Accepted, Acceptor};
-use crate::server::idle::{Activity, Tracked};
+use crate::server::idle::{Activity, Tracked, Watchdog};
 use crate::server::limits::Limits;
 
 /// Deadline to connect to one replica before trying the next.
@@ -30,7 +30,7 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Accepts on `listener` and forwards each connection to a replica behind `target` (`host:port`)
 /// until `shutdown`, under the connection cap and idle timeout of `limits`. Connections still
-/// open then are dropped with the process.
+/// open then are dropped.
 pub async fn run(
     listener: TcpListener,
     target: String,
@@ -40,46 +40,50 @@ pub async fn run(
     info!(addr = %listener.local_addr()?, %target, "listening, forwarding");
     let mut acceptor = Acceptor::new(listener, limits);
     let turn = Arc::new(AtomicUsize::new(0));
-    let idle = limits.idle_timeout;
+    let mut connections = tokio::task::JoinSet::new();
+    let mut watchdog = Watchdog::new(limits.idle_timeout, None);
     loop {
-        // Both cancel-safe: `accept` loses no connection.
+        // Each branch is cancel-safe: `accept` loses no connection, `join_next_with_id` no task,
+        // `sweep` no sweep.
         let Accepted { stream, peer, slot } = tokio::select! {
             accepted = acceptor.accept() => accepted,
+            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
+                watchdog.forget(ended.map_or_else(|err| err.id(), |(id, ())| id));
+                continue;
+            }
+            () = watchdog.sweep() => continue,
             () = shutdown.cancelled() => break,
         };
         let (target, turn) = (target.clone(), turn.clone());
-        tokio::spawn(async move {
-            if let Err(err) = forward(stream, &target, &turn, idle).await {
+        // One activity for both directions: a client waiting for a long answer is not idle.
+        let activity = Activity::new();
+        let noted = activity.clone();
+        let task = connections.spawn(async move {
+            if let Err(err) = forward(stream, &target, &turn, noted).await {
                 debug!(%peer, %err, "connection ended with an error");
             }
             drop(slot);
         });
+        watchdog.watch(task, activity, peer);
     }
     info!("stopped forwarding");
     Ok(())
 }
 
-/// Copies bytes both ways between `inbound` and a replica until either side closes, or until
-/// nothing was read from either for `idle`.
+/// Copies bytes both ways between `inbound` and a replica until either side closes, noting
+/// what it reads from either in `activity`.
 async fn forward(
     inbound: TcpStream,
     target: &str,
     turn: &AtomicUsize,
-    idle: Duration,
+    activity: Arc<Activity>,
 ) -> std::io::Result<()> {
     let outbound = connect(target, turn).await?;
     inbound.set_nodelay(true)?;
     outbound.set_nodelay(true)?;
-    // One activity for both directions: a client waiting for a long answer is not idle.
-    let activity = Activity::new();
     let mut inbound = Tracked::new(inbound, activity.clone());
-    let mut outbound = Tracked::new(outbound, activity.clone());
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
-            copied?;
-        }
-        expired = activity.expired(idle, None) => debug!(?expired, "closing connection"),
-    }
+    let mut outbound = Tracked::new(outbound, activity);
+    tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;
     Ok(())
 }
 

@@ -3,27 +3,36 @@
 //! hyper has a header-read timeout for HTTP/1 but no idle timeout, and nothing bounds a
 //! connection that never finishes its first request in HTTP/2 (or never sends a byte, while the
 //! server still waits to learn which protocol it speaks). So each connection's reads are noted in
-//! an [`Activity`], and [`Activity::expired`] resolves when the connection should go:
+//! an [`Activity`], and its listener's [`Watchdog`] closes it when it should go:
 //! - nothing was read for the idle timeout (an HTTP/2 client answering keepalive PINGs reads as
 //!   activity, so it is never idle; a client that stops sending half-way through a request body
 //!   is, even though its request reached the service);
 //! - or, when a first-request deadline is given, no request arrived within it.
+//!
+//! One watchdog looks at all of its listener's connections a few times per limit, rather than
+//! each connection arming a timer of its own: a read costs a store to a flag, not a clock read,
+//! and a connection's task is not made to poll a timer each time a request wakes it. The price is
+//! precision: a connection closes between its limit and two sweep periods after it (each period
+//! an eighth of the shorter limit).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
+use tokio::task::{AbortHandle, Id};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-/// What a connection did lately, shared between its I/O, its requests and its watchdog.
-#[derive(Debug)]
+/// What a connection did since its watchdog last looked, shared between its I/O, its requests
+/// and the watchdog.
+#[derive(Debug, Default)]
 pub struct Activity {
-    start: Instant,
-    /// Milliseconds from `start` to the last read.
-    last_ms: AtomicU64,
+    /// Set by every read that brought bytes; cleared by each sweep.
+    read: AtomicBool,
     requested: AtomicBool,
 }
 
@@ -38,48 +47,122 @@ pub enum Expired {
 
 impl Activity {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            requested: AtomicBool::new(false),
-        })
+        Arc::default()
     }
 
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+        self.read.store(true, Ordering::Relaxed);
     }
 
     /// Notes a request that reached the service, which lifts the first-request deadline.
     pub fn request(&self) {
         self.requested.store(true, Ordering::Relaxed);
     }
+}
 
-    /// When the connection should close as things stand.
-    fn deadline(&self, idle: Duration, first_request: Option<Duration>) -> Instant {
-        let idle = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
-        match first_request.filter(|_| !self.requested.load(Ordering::Relaxed)) {
-            Some(limit) => idle.min(self.start + limit),
-            None => idle,
+/// Sweeps per limit: a connection closes at most two sweep periods past its limit.
+const SWEEPS_PER_LIMIT: u32 = 8;
+
+/// The shortest period between sweeps, for limits of a few milliseconds.
+const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(5);
+
+/// The connections of one listener, each with its [`Activity`] and the handle that aborts its
+/// task.
+///
+/// The accept loop owns it, beside the tasks: [`watch`](Self::watch) each connection it spawns,
+/// [`forget`](Self::forget) each task that ends, and wait on [`sweep`](Self::sweep) with the
+/// rest. It holds no more entries than the listener has open connections, which the connection
+/// cap bounds.
+#[derive(Debug)]
+pub struct Watchdog {
+    idle: Duration,
+    first_request: Option<Duration>,
+    sweeps: Interval,
+    watched: HashMap<Id, Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    activity: Arc<Activity>,
+    connection: AbortHandle,
+    peer: SocketAddr,
+    opened: Instant,
+    /// The sweep that last found a read, or the opening.
+    quiet_since: Instant,
+}
+
+impl Watchdog {
+    /// Closes connections on which nothing was read for `idle`, and those that sent no request
+    /// within `first_request` (if given) of opening.
+    pub fn new(idle: Duration, first_request: Option<Duration>) -> Self {
+        let shortest = first_request.map_or(idle, |first| first.min(idle));
+        let period = (shortest / SWEEPS_PER_LIMIT).max(MIN_SWEEP_PERIOD);
+        let mut sweeps = tokio::time::interval(period);
+        // After a stall, one sweep and the period again, not a burst of sweeps.
+        sweeps.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            idle,
+            first_request,
+            sweeps,
+            watched: HashMap::new(),
         }
     }
 
-    /// Resolves when the connection has been idle for `idle`, or has not sent a request within
-    /// `first_request` (if given) of opening.
-    pub async fn expired(&self, idle: Duration, first_request: Option<Duration>) -> Expired {
-        loop {
-            let deadline = self.deadline(idle, first_request);
-            if deadline > Instant::now() {
-                tokio::time::sleep_until(deadline).await;
-                continue;
-            }
-            let requested = self.requested.load(Ordering::Relaxed);
-            return if first_request.is_some() && !requested {
-                Expired::NoRequest
-            } else {
-                Expired::Idle
+    /// Watches the connection from `peer` whose task `connection` aborts and whose reads and
+    /// requests `activity` notes.
+    pub fn watch(&mut self, connection: AbortHandle, activity: Arc<Activity>, peer: SocketAddr) {
+        let now = Instant::now();
+        let watched = Watched {
+            activity,
+            connection,
+            peer,
+            opened: now,
+            quiet_since: now,
+        };
+        self.watched.insert(watched.connection.id(), watched);
+    }
+
+    /// Forgets the connection whose task `ended`.
+    pub fn forget(&mut self, ended: Id) {
+        self.watched.remove(&ended);
+    }
+
+    /// Waits for the next sweep, then aborts the task of each connection past a limit.
+    ///
+    /// Cancel-safe: cancelled while it waits, it has done nothing.
+    pub async fn sweep(&mut self) {
+        let now = self.sweeps.tick().await;
+        let (idle, first_request) = (self.idle, self.first_request);
+        self.watched.retain(|_, watched| {
+            let Some(expired) = watched.expired(now, idle, first_request) else {
+                return true;
             };
+            tracing::debug!(peer = %watched.peer, ?expired, "closing connection");
+            watched.connection.abort();
+            false
+        });
+    }
+}
+
+impl Watched {
+    /// Why the connection should close at `now`, if it should; notes a read since the last sweep.
+    fn expired(
+        &mut self,
+        now: Instant,
+        idle: Duration,
+        first_request: Option<Duration>,
+    ) -> Option<Expired> {
+        if self.activity.read.swap(false, Ordering::Relaxed) {
+            self.quiet_since = now;
         }
+        let requested = self.activity.requested.load(Ordering::Relaxed);
+        if let Some(limit) = first_request
+            && !requested
+            && now - self.opened >= limit
+        {
+            return Some(Expired::NoRequest);
+        }
+        (now - self.quiet_since >= idle).then_some(Expired::Idle)
     }
 }
 
@@ -148,21 +231,47 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::task::JoinSet;
 
     const IDLE: Duration = Duration::from_secs(60);
     const FIRST_REQUEST: Duration = Duration::from_secs(10);
+    const PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        1,
+    ));
 
-    /// Why and how long after now `activity` expires (time is paused: no real waiting).
-    async fn expiry(activity: &Activity, first_request: Option<Duration>) -> (Expired, Duration) {
+    /// How long after now a watchdog with `first_request` closes a connection whose activity is
+    /// `activity` (time is paused: no real waiting).
+    async fn lifetime(activity: Arc<Activity>, first_request: Option<Duration>) -> Duration {
         let start = Instant::now();
-        let expired = activity.expired(IDLE, first_request).await;
-        (expired, start.elapsed())
+        let mut watchdog = Watchdog::new(IDLE, first_request);
+        let mut connections = JoinSet::new();
+        let connection = connections.spawn(std::future::pending::<()>());
+        watchdog.watch(connection, activity, PEER);
+        loop {
+            tokio::select! {
+                () = watchdog.sweep() => {}
+                Some(ended) = connections.join_next() => {
+                    assert!(ended.unwrap_err().is_cancelled());
+                    return start.elapsed();
+                }
+            }
+        }
+    }
+
+    /// Asserts that `lifetime` is `limit`, or later by at most two sweep periods.
+    fn assert_closed_after(lifetime: Duration, limit: Duration, shortest: Duration) {
+        let slack = shortest / SWEEPS_PER_LIMIT * 2;
+        assert!(
+            lifetime >= limit && lifetime <= limit + slack,
+            "closed after {lifetime:?}, for a limit of {limit:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_that_reads_nothing_expires_after_the_idle_timeout() {
-        let activity = Activity::new();
-        assert_eq!(expiry(&activity, None).await, (Expired::Idle, IDLE));
+    async fn a_connection_that_reads_nothing_is_closed_after_the_idle_timeout() {
+        let lifetime = lifetime(Activity::new(), None).await;
+        assert_closed_after(lifetime, IDLE, IDLE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -173,22 +282,62 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             touched.touch();
         });
-        let expected = (Expired::Idle, Duration::from_secs(90));
-        assert_eq!(expiry(&activity, None).await, expected);
+        let lifetime = lifetime(activity, None).await;
+        assert_closed_after(lifetime, Duration::from_secs(90), IDLE);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_request_within_the_first_request_deadline_expires_first() {
-        let activity = Activity::new();
-        let expected = (Expired::NoRequest, FIRST_REQUEST);
-        assert_eq!(expiry(&activity, Some(FIRST_REQUEST)).await, expected);
+    async fn no_request_within_the_first_request_deadline_closes_first() {
+        let lifetime = lifetime(Activity::new(), Some(FIRST_REQUEST)).await;
+        assert_closed_after(lifetime, FIRST_REQUEST, FIRST_REQUEST);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_first_request_lifts_the_first_request_deadline_but_not_the_idle_one() {
         let activity = Activity::new();
         activity.request();
-        let expected = (Expired::Idle, IDLE);
-        assert_eq!(expiry(&activity, Some(FIRST_REQUEST)).await, expected);
+        let lifetime = lifetime(activity, Some(FIRST_REQUEST)).await;
+        assert_closed_after(lifetime, IDLE, FIRST_REQUEST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reason_is_the_first_request_while_none_came_then_idleness() {
+        let start = Instant::now();
+        let mut connections = JoinSet::new();
+        let activity = Activity::new();
+        let mut watched = Watched {
+            activity: activity.clone(),
+            connection: connections.spawn(std::future::pending::<()>()),
+            peer: PEER,
+            opened: start,
+            quiet_since: start,
+        };
+        let mut at = |seconds| {
+            watched.expired(
+                start + Duration::from_secs(seconds),
+                IDLE,
+                Some(FIRST_REQUEST),
+            )
+        };
+        assert_eq!(at(9), None);
+        assert_eq!(at(10), Some(Expired::NoRequest));
+        assert_eq!(at(60), Some(Expired::NoRequest));
+        activity.request();
+        assert_eq!(at(59), None);
+        assert_eq!(at(60), Some(Expired::Idle));
+        activity.touch();
+        assert_eq!(at(61), None, "the read restarted the idle period");
+        assert_eq!(at(121), Some(Expired::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_connection_is_forgotten() {
+        let mut watchdog = Watchdog::new(IDLE, None);
+        let mut connections = JoinSet::new();
+        let connection = connections.spawn(async {});
+        watchdog.watch(connection, Activity::new(), PEER);
+        let (ended, ()) = connections.join_next_with_id().await.unwrap().unwrap();
+        watchdog.forget(ended);
+        assert!(watchdog.watched.is_empty());
     }
 }

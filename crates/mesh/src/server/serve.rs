@@ -5,8 +5,8 @@
 //! connection, and tonic's services are axum routes, so one service (a router, with layers around
 //! it) and one listener serve both.
 //! axum's own `serve` gives hyper no timer, so it could set no timeout; this one sets every limit
-//! of [`Limits`] (see `crate::server::limits`), closes idle connections (see `crate::server::idle`) and caps the
-//! open connections (see `crate::server::accept`).
+//! of [`Limits`] (see `crate::server::limits`), closes idle connections (see `crate::server::idle`)
+//! and caps the open connections (see `crate::server::accept`).
 
 use std::io;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use tower::ServiceExt;
 
 use crate::answer::Answers;
 use crate::server::accept::{Accepted, Acceptor};
-use crate::server::idle::{Activity, Tracked};
+use crate::server::idle::{Activity, Tracked, Watchdog};
 use crate::server::limits::Limits;
 use crate::server::shutdown::{DRAIN_DEADLINE, OpenConnection, Shutdown};
 use crate::server::timer::LazyTimer;
@@ -51,21 +51,29 @@ where
     let graceful = GracefulShutdown::new();
     // Owned here, so that connections still open at the drain deadline are dropped with it.
     let mut connections = JoinSet::new();
+    let first_request = Some(limits.header_read_timeout);
+    let mut watchdog = Watchdog::new(limits.idle_timeout, first_request);
     loop {
-        // Each branch is cancel-safe: `accept` loses no connection, `join_next` no task.
+        // Each branch is cancel-safe: `accept` loses no connection, `join_next_with_id` no task,
+        // `sweep` no sweep.
         let accepted = tokio::select! {
             accepted = acceptor.accept() => accepted,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
+                watchdog.forget(ended.map_or_else(|err| err.id(), |(id, ())| id));
+                continue;
+            }
+            () = watchdog.sweep() => continue,
             () = shutdown.draining() => break,
         };
         let connection = Connection {
             builder: builder.clone(),
             app: app.clone(),
             watcher: graceful.watcher(),
-            limits: limits.clone(),
             open: shutdown.connection(),
         };
-        connections.spawn(connection.serve(accepted));
+        let (activity, peer) = (Activity::new(), accepted.peer);
+        let task = connections.spawn(connection.serve(accepted, activity.clone()));
+        watchdog.watch(task, activity, peer);
     }
     // Stop accepting: new clients are refused by the kernel rather than left in the backlog.
     drop(acceptor);
@@ -110,7 +118,6 @@ struct Connection<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: S,
     watcher: Watcher,
-    limits: Limits,
     /// Holds the shutdown's grace while the connection is open.
     open: OpenConnection,
 }
@@ -121,17 +128,17 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Serves one connection until it ends, is shut down gracefully, or its watchdog expires.
-    async fn serve(self, accepted: Accepted) {
+    /// Serves one connection until it ends or is shut down gracefully, noting its reads and
+    /// requests in `activity`; its watchdog aborts it when it expires.
+    async fn serve(self, accepted: Accepted, activity: Arc<Activity>) {
         let Accepted { stream, peer, slot } = accepted;
         // Small unary RPCs: Nagle's algorithm would hold each response back for the peer's ACK.
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "could not set TCP_NODELAY");
         }
-        let activity = Activity::new();
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let app = self.app;
-        let requests = activity.clone();
+        let requests = activity;
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             requests.request();
             app.clone().oneshot(request)
@@ -139,15 +146,8 @@ where
         let connection = self
             .watcher
             .watch(self.builder.serve_connection(io, service));
-        tokio::select! {
-            result = connection => {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, %err, "connection ended with an error");
-                }
-            }
-            expired = activity.expired(self.limits.idle_timeout, Some(self.limits.header_read_timeout)) => {
-                tracing::debug!(%peer, ?expired, "closing connection");
-            }
+        if let Err(err) = connection.await {
+            tracing::debug!(%peer, %err, "connection ended with an error");
         }
         drop(slot);
         drop(self.open);
