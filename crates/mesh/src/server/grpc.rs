@@ -234,6 +234,17 @@ pub async fn fallback(request: axum::extract::Request) -> axum::response::Respon
         .into_response()
 }
 
+/// `x-served-by`'s value: this host's name, read once. Every answer clones it, and a clone of a
+/// static value copies a pointer where one of a value built at run time counts a reference.
+fn served_by() -> http::HeaderValue {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let name = NAME.get_or_init(crate::hostname);
+    match http::HeaderValue::from_str(name) {
+        Ok(_) => http::HeaderValue::from_static(name),
+        Err(_) => http::HeaderValue::from_static("unknown"),
+    }
+}
+
 /// The settings [`serve_until`] needs besides the service's own.
 pub struct Serving<'a> {
     /// The admin listener's address (`/metrics`, `/healthz`, `/readyz`, the fault switch).
@@ -265,8 +276,7 @@ where
         // clients and people can see the load spread.
         .layer(SetResponseHeaderLayer::overriding(
             http::HeaderName::from_static(SERVED_BY),
-            http::HeaderValue::from_str(&crate::hostname())
-                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+            served_by(),
         ))
         // A span per request, with the caller's trace id (see `crate::telemetry::trace`), when
         // spans are on (export, or `RUST_LOG` at debug for them); otherwise no layer at all.

@@ -347,10 +347,16 @@ struct Pending {
 
 impl Pending {
     /// Takes what the answer's head says.
-    fn answered<B>(mut self, response: &http::Response<B>) -> Self {
+    fn answered<B: Body>(mut self, response: &http::Response<B>) -> Self {
         let status = response.status();
         self.code = match self.series.protocol {
             Protocol::Http => Some(status.as_u16()),
+            // A successful answer with a body sends its status in the trailers, not in the head.
+            Protocol::Grpc
+                if status == http::StatusCode::OK && !response.body().is_end_stream() =>
+            {
+                None
+            }
             Protocol::Grpc => grpc_status(response.headers())
                 .or_else(|| (status != http::StatusCode::OK).then(|| grpc_code_of(status))),
         };
