@@ -22,7 +22,7 @@ use tracing::{debug, info};
 
 use crate::Shutdown;
 use crate::server::accept::{Accepted, Acceptor};
-use crate::server::idle::{Activity, Tracked, Watchdog};
+use crate::server::idle::{Activity, Connections, Tracked};
 use crate::server::limits::Limits;
 
 /// Deadline to connect to one replica before trying the next.
@@ -40,31 +40,22 @@ pub async fn run(
     info!(addr = %listener.local_addr()?, %target, "listening, forwarding");
     let mut acceptor = Acceptor::new(listener, limits);
     let turn = Arc::new(AtomicUsize::new(0));
-    let mut connections = tokio::task::JoinSet::new();
-    let mut watchdog = Watchdog::new(limits.idle_timeout, None);
+    let mut connections = Connections::new(limits.idle_timeout, None);
     loop {
-        // Each branch is cancel-safe: `accept` loses no connection, `join_next_with_id` no task,
-        // `sweep` no sweep.
+        // Each branch is cancel-safe: `accept` loses no connection, `tend` no task and no sweep.
         let Accepted { stream, peer, slot } = tokio::select! {
             accepted = acceptor.accept() => accepted,
-            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
-                watchdog.forget(ended.map_or_else(|err| err.id(), |(id, ())| id));
-                continue;
-            }
-            () = watchdog.sweep() => continue,
+            () = connections.tend() => continue,
             () = shutdown.cancelled() => break,
         };
         let (target, turn) = (target.clone(), turn.clone());
         // One activity for both directions: a client waiting for a long answer is not idle.
-        let activity = Activity::new();
-        let noted = activity.clone();
-        let task = connections.spawn(async move {
-            if let Err(err) = forward(stream, &target, &turn, noted).await {
+        connections.spawn(peer, |activity| async move {
+            if let Err(err) = forward(stream, &target, &turn, activity).await {
                 debug!(%peer, %err, "connection ended with an error");
             }
             drop(slot);
         });
-        watchdog.watch(task, activity, peer);
     }
     info!("stopped forwarding");
     Ok(())

@@ -3,19 +3,20 @@
 //! hyper has a header-read timeout for HTTP/1 but no idle timeout, and nothing bounds a
 //! connection that never finishes its first request in HTTP/2 (or never sends a byte, while the
 //! server still waits to learn which protocol it speaks). So each connection's reads are noted in
-//! an [`Activity`], and its listener's [`Watchdog`] closes it when it should go:
+//! an [`Activity`], and its listener's [`Connections`] close it when it should go:
 //! - nothing was read for the idle timeout (an HTTP/2 client answering keepalive PINGs reads as
 //!   activity, so it is never idle; a client that stops sending half-way through a request body
 //!   is, even though its request reached the service);
 //! - or, when a first-request deadline is given, no request arrived within it.
 //!
-//! One watchdog looks at all of its listener's connections a few times per limit, rather than
-//! each connection arming a timer of its own: a read costs a store to a flag, not a clock read,
+//! The listener looks at all of its connections a few times per limit, rather than each
+//! connection arming a timer of its own: a read costs a store to a flag, not a clock read,
 //! and a connection's task is not made to poll a timer each time a request wakes it. The price is
 //! precision: a connection closes between its limit and two sweep periods after it (each period
 //! an eighth of the shorter limit).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,11 +25,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::task::{AbortHandle, Id};
+use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-/// What a connection did since its watchdog last looked, shared between its I/O, its requests
-/// and the watchdog.
+/// What a connection did since its listener last looked, shared between its I/O, its requests
+/// and [`Connections`].
 #[derive(Debug, Default)]
 pub struct Activity {
     /// Set by every read that brought bytes; cleared by each sweep.
@@ -36,7 +37,7 @@ pub struct Activity {
     requested: AtomicBool,
 }
 
-/// Why a connection was closed by its watchdog.
+/// Why a connection was closed for idleness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
     /// No request arrived in time after the connection opened.
@@ -46,7 +47,7 @@ pub enum Expired {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Self> {
+    fn new() -> Arc<Self> {
         Arc::default()
     }
 
@@ -66,15 +67,64 @@ const SWEEPS_PER_LIMIT: u32 = 8;
 /// The shortest period between sweeps, for limits of a few milliseconds.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(5);
 
-/// The connections of one listener, each with its [`Activity`] and the handle that aborts its
-/// task.
+/// The connection tasks of one listener, each closed when it expires.
 ///
-/// The accept loop owns it, beside the tasks: [`watch`](Self::watch) each connection it spawns,
-/// [`forget`](Self::forget) each task that ends, and wait on [`sweep`](Self::sweep) with the
-/// rest. It holds no more entries than the listener has open connections, which the connection
-/// cap bounds.
+/// The accept loop owns it: [`spawn`](Self::spawn) each connection, and wait on
+/// [`tend`](Self::tend) beside `accept`. Dropped, it aborts every connection still open. It holds
+/// no more tasks than the listener has open connections, which the connection cap bounds.
 #[derive(Debug)]
-pub struct Watchdog {
+pub struct Connections {
+    tasks: JoinSet<()>,
+    watchdog: Watchdog,
+}
+
+impl Connections {
+    /// Closes connections on which nothing was read for `idle`, and those that sent no request
+    /// within `first_request` (if given) of opening.
+    pub fn new(idle: Duration, first_request: Option<Duration>) -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            watchdog: Watchdog::new(idle, first_request),
+        }
+    }
+
+    /// Runs the connection from `peer` that `serve` returns, given the [`Activity`] it is to note
+    /// its reads and requests in.
+    pub fn spawn<F>(&mut self, peer: SocketAddr, serve: impl FnOnce(Arc<Activity>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let activity = Activity::new();
+        let task = self.tasks.spawn(serve(activity.clone()));
+        self.watchdog.watch(task, activity, peer);
+    }
+
+    /// Waits until a connection ends, or until the next sweep has closed those past a limit.
+    ///
+    /// Cancel-safe: cancelled, it has lost no task and skipped no sweep.
+    pub async fn tend(&mut self) {
+        tokio::select! {
+            Some(ended) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                self.watchdog.forget(ended.map_or_else(|err| err.id(), |(id, ())| id));
+            }
+            () = self.watchdog.sweep() => {}
+        }
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+/// The watched connections of one listener: sweeps them a few times per limit, and aborts the
+/// tasks of those past one.
+#[derive(Debug)]
+struct Watchdog {
     idle: Duration,
     first_request: Option<Duration>,
     sweeps: Interval,
@@ -92,9 +142,7 @@ struct Watched {
 }
 
 impl Watchdog {
-    /// Closes connections on which nothing was read for `idle`, and those that sent no request
-    /// within `first_request` (if given) of opening.
-    pub fn new(idle: Duration, first_request: Option<Duration>) -> Self {
+    fn new(idle: Duration, first_request: Option<Duration>) -> Self {
         let shortest = first_request.map_or(idle, |first| first.min(idle));
         let period = (shortest / SWEEPS_PER_LIMIT).max(MIN_SWEEP_PERIOD);
         let mut sweeps = tokio::time::interval(period);
@@ -110,7 +158,7 @@ impl Watchdog {
 
     /// Watches the connection from `peer` whose task `connection` aborts and whose reads and
     /// requests `activity` notes.
-    pub fn watch(&mut self, connection: AbortHandle, activity: Arc<Activity>, peer: SocketAddr) {
+    fn watch(&mut self, connection: AbortHandle, activity: Arc<Activity>, peer: SocketAddr) {
         let now = Instant::now();
         let watched = Watched {
             activity,
@@ -123,15 +171,17 @@ impl Watchdog {
     }
 
     /// Forgets the connection whose task `ended`.
-    pub fn forget(&mut self, ended: Id) {
+    fn forget(&mut self, ended: Id) {
         self.watched.remove(&ended);
     }
 
     /// Waits for the next sweep, then aborts the task of each connection past a limit.
     ///
     /// Cancel-safe: cancelled while it waits, it has done nothing.
-    pub async fn sweep(&mut self) {
-        let now = self.sweeps.tick().await;
+    async fn sweep(&mut self) {
+        self.sweeps.tick().await;
+        // The time now, not the tick's: a late sweep must not date a read it finds too early.
+        let now = Instant::now();
         let (idle, first_request) = (self.idle, self.first_request);
         self.watched.retain(|_, watched| {
             let Some(expired) = watched.expired(now, idle, first_request) else {
@@ -231,7 +281,6 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::task::JoinSet;
 
     const IDLE: Duration = Duration::from_secs(60);
     const FIRST_REQUEST: Duration = Duration::from_secs(10);
@@ -240,23 +289,23 @@ mod tests {
         1,
     ));
 
-    /// How long after now a watchdog with `first_request` closes a connection whose activity is
-    /// `activity` (time is paused: no real waiting).
-    async fn lifetime(activity: Arc<Activity>, first_request: Option<Duration>) -> Duration {
+    /// Opens a connection that never ends by itself; returns the activity it notes in.
+    fn open(connections: &mut Connections) -> Arc<Activity> {
+        let mut noted = None;
+        connections.spawn(PEER, |activity| {
+            noted = Some(activity);
+            std::future::pending()
+        });
+        noted.expect("spawn hands the connection its activity")
+    }
+
+    /// How long `connections` take to close every connection (time is paused: no real waiting).
+    async fn all_closed_after(connections: &mut Connections) -> Duration {
         let start = Instant::now();
-        let mut watchdog = Watchdog::new(IDLE, first_request);
-        let mut connections = JoinSet::new();
-        let connection = connections.spawn(std::future::pending::<()>());
-        watchdog.watch(connection, activity, PEER);
-        loop {
-            tokio::select! {
-                () = watchdog.sweep() => {}
-                Some(ended) = connections.join_next() => {
-                    assert!(ended.unwrap_err().is_cancelled());
-                    return start.elapsed();
-                }
-            }
+        while !connections.is_empty() {
+            connections.tend().await;
         }
+        start.elapsed()
     }
 
     /// Asserts that `lifetime` is `limit`, or later by at most two sweep periods.
@@ -270,54 +319,55 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_reads_nothing_is_closed_after_the_idle_timeout() {
-        let lifetime = lifetime(Activity::new(), None).await;
+        let mut connections = Connections::new(IDLE, None);
+        open(&mut connections);
+        let lifetime = all_closed_after(&mut connections).await;
         assert_closed_after(lifetime, IDLE, IDLE);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_read_restarts_the_idle_period() {
-        let activity = Activity::new();
-        let touched = activity.clone();
+        let mut connections = Connections::new(IDLE, None);
+        let activity = open(&mut connections);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            touched.touch();
+            activity.touch();
         });
-        let lifetime = lifetime(activity, None).await;
+        let lifetime = all_closed_after(&mut connections).await;
         assert_closed_after(lifetime, Duration::from_secs(90), IDLE);
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_request_within_the_first_request_deadline_closes_first() {
-        let lifetime = lifetime(Activity::new(), Some(FIRST_REQUEST)).await;
+        let mut connections = Connections::new(IDLE, Some(FIRST_REQUEST));
+        open(&mut connections);
+        let lifetime = all_closed_after(&mut connections).await;
         assert_closed_after(lifetime, FIRST_REQUEST, FIRST_REQUEST);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_first_request_lifts_the_first_request_deadline_but_not_the_idle_one() {
-        let activity = Activity::new();
-        activity.request();
-        let lifetime = lifetime(activity, Some(FIRST_REQUEST)).await;
+        let mut connections = Connections::new(IDLE, Some(FIRST_REQUEST));
+        open(&mut connections).request();
+        let lifetime = all_closed_after(&mut connections).await;
         assert_closed_after(lifetime, IDLE, FIRST_REQUEST);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_reason_is_the_first_request_while_none_came_then_idleness() {
         let start = Instant::now();
-        let mut connections = JoinSet::new();
+        let mut tasks = JoinSet::new();
         let activity = Activity::new();
         let mut watched = Watched {
             activity: activity.clone(),
-            connection: connections.spawn(std::future::pending::<()>()),
+            connection: tasks.spawn(std::future::pending::<()>()),
             peer: PEER,
             opened: start,
             quiet_since: start,
         };
         let mut at = |seconds| {
-            watched.expired(
-                start + Duration::from_secs(seconds),
-                IDLE,
-                Some(FIRST_REQUEST),
-            )
+            let now = start + Duration::from_secs(seconds);
+            watched.expired(now, IDLE, Some(FIRST_REQUEST))
         };
         assert_eq!(at(9), None);
         assert_eq!(at(10), Some(Expired::NoRequest));
@@ -331,13 +381,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_ended_connection_is_forgotten() {
-        let mut watchdog = Watchdog::new(IDLE, None);
-        let mut connections = JoinSet::new();
-        let connection = connections.spawn(async {});
-        watchdog.watch(connection, Activity::new(), PEER);
-        let (ended, ()) = connections.join_next_with_id().await.unwrap().unwrap();
-        watchdog.forget(ended);
-        assert!(watchdog.watched.is_empty());
+    async fn a_connection_that_ends_is_forgotten_at_once() {
+        let mut connections = Connections::new(IDLE, None);
+        connections.spawn(PEER, |_| async {});
+        let lifetime = all_closed_after(&mut connections).await;
+        assert_eq!(lifetime, Duration::ZERO);
+        assert!(connections.watchdog.watched.is_empty());
     }
 }

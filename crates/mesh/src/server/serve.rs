@@ -16,12 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::answer::Answers;
 use crate::server::accept::{Accepted, Acceptor};
-use crate::server::idle::{Activity, Tracked, Watchdog};
+use crate::server::idle::{Activity, Connections, Tracked};
 use crate::server::limits::Limits;
 use crate::server::shutdown::{DRAIN_DEADLINE, OpenConnection, Shutdown};
 use crate::server::timer::LazyTimer;
@@ -50,19 +49,13 @@ where
     let mut acceptor = Acceptor::new(listener, limits);
     let graceful = GracefulShutdown::new();
     // Owned here, so that connections still open at the drain deadline are dropped with it.
-    let mut connections = JoinSet::new();
     let first_request = Some(limits.header_read_timeout);
-    let mut watchdog = Watchdog::new(limits.idle_timeout, first_request);
+    let mut connections = Connections::new(limits.idle_timeout, first_request);
     loop {
-        // Each branch is cancel-safe: `accept` loses no connection, `join_next_with_id` no task,
-        // `sweep` no sweep.
+        // Each branch is cancel-safe: `accept` loses no connection, `tend` no task and no sweep.
         let accepted = tokio::select! {
             accepted = acceptor.accept() => accepted,
-            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
-                watchdog.forget(ended.map_or_else(|err| err.id(), |(id, ())| id));
-                continue;
-            }
-            () = watchdog.sweep() => continue,
+            () = connections.tend() => continue,
             () = shutdown.draining() => break,
         };
         let connection = Connection {
@@ -71,9 +64,9 @@ where
             watcher: graceful.watcher(),
             open: shutdown.connection(),
         };
-        let (activity, peer) = (Activity::new(), accepted.peer);
-        let task = connections.spawn(connection.serve(accepted, activity.clone()));
-        watchdog.watch(task, activity, peer);
+        connections.spawn(accepted.peer, |activity| {
+            connection.serve(accepted, activity)
+        });
     }
     // Stop accepting: new clients are refused by the kernel rather than left in the backlog.
     drop(acceptor);
@@ -87,7 +80,7 @@ where
             "drain deadline passed, dropping in-flight requests"
         );
     }
-    connections.abort_all();
+    drop(connections);
     tracing::info!("stopped serving");
     Ok(())
 }
