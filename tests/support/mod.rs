@@ -402,8 +402,30 @@ impl Redis {
     }
 }
 
-/// A port that was free a moment ago (for redis-server, which cannot report an ephemeral port).
+/// A port that was free a moment ago (for redis-server, which cannot report an ephemeral port,
+/// and for a service started after its clients). Taken below the kernel's ephemeral range when
+/// there is room: a port from that range can be handed, before the caller binds it, to another
+/// test's bind to port 0 or outgoing connection (a worker once connected to such a stranger where
+/// rng was to listen).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const FLOOR: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if let Some(span) = ephemeral.checked_sub(FLOOR).filter(|&span| span >= 1_000) {
+        // A random start, so that tests running at once try different ports.
+        let start = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        for attempt in 0..100 {
+            let port = FLOOR + ((start + attempt * 7_919) % u64::from(span)) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }
