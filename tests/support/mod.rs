@@ -416,11 +416,13 @@ pub fn free_port() -> u16 {
         .unwrap_or(32_768);
     if let Some(span) = ephemeral.checked_sub(FLOOR).filter(|&span| span >= 1_000) {
         // A random start, so that tests running at once try different ports.
+        let span = u64::from(span);
         let start = std::collections::hash_map::RandomState::new()
             .build_hasher()
-            .finish();
+            .finish()
+            % span;
         for attempt in 0..100 {
-            let port = FLOOR + ((start + attempt * 7_919) % u64::from(span)) as u16;
+            let port = FLOOR + ((start + attempt * 7_919) % span) as u16;
             if TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return port;
             }
