@@ -49,7 +49,6 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         let (target, turn) = (target.clone(), turn.clone());
-        // One activity for both directions: a client waiting for a long answer is not idle.
         connections.spawn(peer, |activity| async move {
             if let Err(err) = forward(stream, &target, &turn, activity).await {
                 debug!(%peer, %err, "connection ended with an error");
@@ -72,6 +71,7 @@ async fn forward(
     let outbound = connect(target, turn).await?;
     inbound.set_nodelay(true)?;
     outbound.set_nodelay(true)?;
+    // One activity for both directions: a client waiting for a long answer is not idle.
     let mut inbound = Tracked::new(inbound, activity.clone());
     let mut outbound = Tracked::new(outbound, activity);
     tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;

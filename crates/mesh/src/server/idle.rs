@@ -39,7 +39,7 @@ pub struct Activity {
 
 /// Why a connection was closed for idleness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
+enum Expired {
     /// No request arrived in time after the connection opened.
     NoRequest,
     /// Nothing was read for the idle timeout.
