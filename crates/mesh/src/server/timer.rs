@@ -7,6 +7,12 @@
 //! reset to a later deadline only records it; the armed sleep stays where it is, and when it
 //! fires early it is armed once more for the recorded deadline. A connection that keeps sending
 //! requests costs one wheel entry per header-read timeout (seconds), not one per request.
+//!
+//! hyper also asks the timer for the time whenever an HTTP/2 connection receives a frame (to know
+//! when it was last heard from, for keepalive) and at each wake-up of the connection: four times
+//! per unary call. hyper uses those readings only for deadlines of seconds, so the timer reads
+//! the kernel's coarse clock, which its vDSO keeps at the last tick (1-10 ms): a few loads where
+//! the precise clock reads the TSC and converts it, a third of the cost (docs/BENCHMARKS.md).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,9 +63,37 @@ impl Timer for LazyTimer {
         }
     }
 
+    /// The coarse clock, within a tick of the precise one: a deadline taken from it comes that
+    /// much early or late. A paused Tokio clock does not stop it.
     fn now(&self) -> Instant {
-        tokio::time::Instant::now().into()
+        coarse_now()
     }
+}
+
+/// `Instant::now()` within a tick, from the kernel's coarse monotonic clock: the same timebase
+/// as `Instant`, read without the TSC.
+#[cfg(target_os = "linux")]
+fn coarse_now() -> Instant {
+    use nix::time::{ClockId, clock_gettime};
+    use std::sync::OnceLock;
+
+    fn read() -> Option<Duration> {
+        clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+            .ok()
+            .map(Duration::from)
+    }
+    /// One reading of both clocks; later coarse readings are placed from it.
+    static ORIGIN: OnceLock<Option<(Instant, Duration)>> = OnceLock::new();
+    let origin = ORIGIN.get_or_init(|| Some((Instant::now(), read()?)));
+    origin
+        .and_then(|(instant, coarse)| instant.checked_add(read()?.checked_sub(coarse)?))
+        .unwrap_or_else(Instant::now)
+}
+
+/// Other systems' timers read the precise clock.
+#[cfg(not(target_os = "linux"))]
+fn coarse_now() -> Instant {
+    Instant::now()
 }
 
 impl Future for LazySleep {
@@ -94,6 +128,11 @@ mod tests {
             .is_ready()
     }
 
+    /// The clock the sleeps follow, paused in these tests.
+    fn tokio_now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
     async fn advance_ms(ms: u64) {
         tokio::time::advance(Duration::from_millis(ms)).await;
     }
@@ -112,7 +151,7 @@ mod tests {
         let mut sleep = LazyTimer.sleep(Duration::from_secs(10));
         assert!(!fired(&mut sleep));
         advance_ms(6_000).await;
-        LazyTimer.reset(&mut sleep, LazyTimer.now() + Duration::from_secs(10));
+        LazyTimer.reset(&mut sleep, tokio_now() + Duration::from_secs(10));
         advance_ms(5_000).await;
         assert!(!fired(&mut sleep), "fired at the first deadline");
         advance_ms(4_999).await;
@@ -124,7 +163,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_fires_early() {
         let mut sleep = LazyTimer.sleep(Duration::from_secs(10));
-        LazyTimer.reset(&mut sleep, LazyTimer.now() + Duration::from_secs(1));
+        LazyTimer.reset(&mut sleep, tokio_now() + Duration::from_secs(1));
         advance_ms(999).await;
         assert!(!fired(&mut sleep));
         advance_ms(1).await;
@@ -136,12 +175,29 @@ mod tests {
         let mut sleep = LazyTimer.sleep(Duration::from_secs(10));
         for _ in 0..1_000 {
             advance_ms(50).await;
-            LazyTimer.reset(&mut sleep, LazyTimer.now() + Duration::from_secs(10));
+            LazyTimer.reset(&mut sleep, tokio_now() + Duration::from_secs(10));
         }
         // 50 s have passed, five times the timeout, and the last reset was just now.
         advance_ms(9_999).await;
         assert!(!fired(&mut sleep));
         advance_ms(1).await;
         assert!(fired(&mut sleep));
+    }
+
+    #[test]
+    fn the_coarse_clock_keeps_within_a_tick_of_the_precise_one() {
+        // A tick is 1 to 10 ms; the margin leaves room for the test being descheduled.
+        let margin = Duration::from_millis(50);
+        let mut last = coarse_now();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(100) {
+            let before = Instant::now();
+            let coarse = coarse_now();
+            let after = Instant::now();
+            assert!(coarse >= last, "the coarse clock went back");
+            assert!(coarse + margin >= before && coarse <= after + margin);
+            last = coarse;
+        }
+        assert!(last >= start, "the coarse clock moved with the precise one");
     }
 }
