@@ -399,3 +399,45 @@ async fn streams_past_the_http2_cap_wait_for_a_free_one() {
         .unwrap();
     assert_eq!(answer.unwrap(), SERVING);
 }
+
+/// The `date` of the answer to `GET /` over HTTP/2, if any.
+async fn http2_date(addr: SocketAddr) -> Option<http::HeaderValue> {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = client
+        .get(format!("http://{addr}/").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    response.headers().get(http::header::DATE).cloned()
+}
+
+#[tokio::test]
+async fn grpc_answers_have_no_date_and_every_other_answer_has_one() {
+    let (addr, _, _) = start(Limits::default()).await;
+
+    let mut client = HealthClient::new(channel(addr).await);
+    let answer = client.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(answer.get_ref().status, SERVING);
+    assert!(answer.metadata().get("date").is_none(), "{answer:?}");
+
+    let date = http2_date(addr).await.expect("an HTTP/2 answer has a date");
+    let date = httpdate::parse_http_date(date.to_str().unwrap()).unwrap();
+    let off = std::time::SystemTime::now()
+        .duration_since(date)
+        .unwrap_or_default();
+    assert!(
+        off < Duration::from_secs(5),
+        "the date is now, not {off:?} ago"
+    );
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(GET).await.unwrap();
+    let text = response(&mut stream).await.unwrap().to_lowercase();
+    assert!(
+        text.contains("\r\ndate: "),
+        "an HTTP/1 answer has a date: {text}"
+    );
+}
