@@ -107,8 +107,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .keep_alive_timeout(limits.keepalive_timeout)
         // gRPC answers carry no `date`: gRPC's protocol has no use for it and grpc-go sends none,
         // and hyper's costs each call a clock reading, a header and an HPACK entry that changes
-        // every second (7% of a small call's CPU; docs/BENCHMARKS.md). HTTP/2 answers that are
-        // not gRPC get one from [`dated`], as HTTP asks of a server with a clock.
+        // every second (docs/BENCHMARKS.md, "Clock readings"). HTTP/2 answers that are not gRPC
+        // get one from [`dated`], as HTTP asks of a server with a clock.
         .auto_date_header(false);
     builder
 }
