@@ -204,8 +204,7 @@ fn try_generate(addr: SocketAddr) -> Result<usize, String> {
     })
 }
 
-/// rng with small limits: heads must arrive within two seconds, and quiet HTTP/2 connections
-/// are PINGed twice a second (so that a probe through the forwarder is never idle).
+/// rng with small limits: heads must arrive within two seconds.
 fn rng() -> Service {
     Service::start(
         "rng",
@@ -215,7 +214,6 @@ fn rng() -> Service {
                 "LISTEN_HEADER_READ_TIMEOUT",
                 format!("{}s", HEADER_READ_TIMEOUT.as_secs()),
             ),
-            ("LISTEN_KEEPALIVE_INTERVAL", "500ms".to_string()),
         ],
     )
 }

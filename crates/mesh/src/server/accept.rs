@@ -5,11 +5,15 @@
 //! kernel would otherwise queue it in the backlog, where it waits unseen), and the open ones keep
 //! working. An accept error such as EMFILE (out of file descriptors) fails again at once if
 //! retried at once, so the acceptor backs off and logs it at most once a second.
+//!
+//! Each accepted connection gets the socket options that every listener wants: TCP_NODELAY, and
+//! the kernel's checks for a peer that is gone ([`PeerCheck`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -34,6 +38,7 @@ pub struct Acceptor {
     resume_at: Option<Instant>,
     errors: Throttle,
     refused: Throttle,
+    peer_check: PeerCheck,
 }
 
 impl Acceptor {
@@ -46,6 +51,7 @@ impl Acceptor {
             resume_at: None,
             errors: Throttle::default(),
             refused: Throttle::default(),
+            peer_check: PeerCheck::new(limits),
         }
     }
 
@@ -67,7 +73,12 @@ impl Acceptor {
                 Ok((stream, peer)) => {
                     self.backoff.reset();
                     match self.slots.clone().try_acquire_owned() {
-                        Ok(slot) => return Accepted { stream, peer, slot },
+                        Ok(slot) => {
+                            if let Err(err) = self.peer_check.apply(&stream) {
+                                tracing::debug!(%peer, %err, "could not set socket options");
+                            }
+                            return Accepted { stream, peer, slot };
+                        }
                         Err(_) => {
                             // Dropping the stream closes it: the client sees the connection
                             // end at once instead of hanging in the backlog.
@@ -94,6 +105,57 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// The socket options of an accepted connection: TCP_NODELAY, and how its kernel finds a peer
+/// that is gone (a host that died or was cut off sends no FIN, and its connection would hold a
+/// slot forever).
+///
+/// After `LISTEN_KEEPALIVE_INTERVAL` with nothing received, the kernel sends TCP keepalive
+/// probes, [`PROBES`](Self::PROBES) per `LISTEN_KEEPALIVE_TIMEOUT`; TCP_USER_TIMEOUT, the interval
+/// and the timeout together, closes the connection once nothing has come back for that long,
+/// whether probes or data sent went unanswered (Linux; elsewhere the probes' count decides).
+/// The kernel answers probes without waking the process, so checking costs no work per request,
+/// unlike HTTP/2 PINGs, whose bookkeeping hyper does at every frame received (docs/BENCHMARKS.md,
+/// "Keepalive"). TCP counts the keepalive times in whole seconds, so they round up to one.
+#[derive(Debug, Clone)]
+struct PeerCheck {
+    keepalive: TcpKeepalive,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    user_timeout: Duration,
+}
+
+impl PeerCheck {
+    /// Probes per keepalive timeout: enough that one lost probe does not close a live connection.
+    const PROBES: u32 = 4;
+
+    fn new(limits: &Limits) -> Self {
+        let keepalive = TcpKeepalive::new().with_time(whole_seconds(limits.keepalive_interval));
+        #[cfg(target_os = "linux")]
+        let keepalive = keepalive
+            .with_interval(whole_seconds(limits.keepalive_timeout / Self::PROBES))
+            .with_retries(Self::PROBES);
+        Self {
+            keepalive,
+            user_timeout: limits.keepalive_interval + limits.keepalive_timeout,
+        }
+    }
+
+    fn apply(&self, stream: &TcpStream) -> std::io::Result<()> {
+        // Small unary RPCs: Nagle's algorithm would hold each response back for the peer's ACK.
+        stream.set_nodelay(true)?;
+        let socket = SockRef::from(stream);
+        socket.set_tcp_keepalive(&self.keepalive)?;
+        #[cfg(target_os = "linux")]
+        socket.set_tcp_user_timeout(Some(self.user_timeout))?;
+        Ok(())
+    }
+}
+
+/// `duration` rounded up to whole seconds, at least one.
+fn whole_seconds(duration: Duration) -> Duration {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    Duration::from_secs(seconds.max(1))
 }
 
 /// Pauses after consecutive accept errors: 50 ms, doubling up to 1 s, back to 50 ms after a
@@ -260,5 +322,51 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_connection_has_nodelay_and_the_kernels_peer_check() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            keepalive_interval: Duration::from_millis(1500),
+            keepalive_timeout: Duration::from_secs(20),
+            ..Limits::default()
+        };
+        let mut acceptor = Acceptor::new(listener, &limits);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let accepted = acceptor.accept().await;
+
+        assert!(accepted.stream.nodelay().unwrap());
+        let socket = SockRef::from(&accepted.stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(2),
+            "rounded up to whole seconds"
+        );
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(
+                socket.tcp_keepalive_interval().unwrap(),
+                Duration::from_secs(5)
+            );
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), PeerCheck::PROBES);
+            assert_eq!(
+                socket.tcp_user_timeout().unwrap(),
+                Some(Duration::from_millis(21_500)),
+                "the interval and the timeout together"
+            );
+        }
+    }
+
+    #[test]
+    fn keepalive_times_round_up_to_whole_seconds() {
+        let rounded = |ms| whole_seconds(Duration::from_millis(ms)).as_secs();
+        assert_eq!(
+            [rounded(1), rounded(1000), rounded(1001), rounded(20_000)],
+            [1, 1, 2, 20]
+        );
+        assert_eq!(whole_seconds(Duration::ZERO).as_secs(), 1);
     }
 }

@@ -69,7 +69,7 @@ async fn forward(
     activity: Arc<Activity>,
 ) -> std::io::Result<()> {
     let outbound = connect(target, turn).await?;
-    inbound.set_nodelay(true)?;
+    // The acceptor set the inbound side's options; a replica's own listener sets its side's.
     outbound.set_nodelay(true)?;
     // One activity for both directions: a client waiting for a long answer is not idle.
     let mut inbound = Tracked::new(inbound, activity.clone());

@@ -2,12 +2,17 @@
 //!
 //! hyper has a header-read timeout for HTTP/1 but no idle timeout, and nothing bounds a
 //! connection that never finishes its first request in HTTP/2 (or never sends a byte, while the
-//! server still waits to learn which protocol it speaks). So each connection's reads are noted in
-//! an [`Activity`], and its listener's [`Connections`] close it when it should go:
-//! - nothing was read for the idle timeout (an HTTP/2 client answering keepalive PINGs reads as
-//!   activity, so it is never idle; a client that stops sending half-way through a request body
-//!   is, even though its request reached the service);
+//! server still waits to learn which protocol it speaks). So each connection's reads and open
+//! requests are noted in an [`Activity`], and its listener's [`Connections`] close it when it
+//! should go:
+//! - nothing was read for the idle timeout, unless every open request has been read to its end
+//!   and only its answer is still to come. A gRPC health `Watch` is such a request: it may stay
+//!   quiet for hours, and its client holds nothing that it did not ask for. A connection with no
+//!   request open is closed, and so is one with a request whose body stopped half-way, even
+//!   though that request reached the service;
 //! - or, when a first-request deadline is given, no request arrived within it.
+//!
+//! A peer that is gone is not found here but by the kernel (`crate::server::accept`).
 //!
 //! The listener looks at all of its connections a few times per limit, rather than each
 //! connection arming a timer of its own: a read costs a store to a flag, not a clock read,
@@ -20,10 +25,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -35,14 +41,22 @@ pub struct Activity {
     /// Set by every read that brought bytes; cleared by each sweep.
     read: AtomicBool,
     requested: AtomicBool,
+    /// The open requests: [`ANSWER`] for each whose answer has not ended, plus [`BODY`] for each
+    /// whose body has not, in one word so that a request's arrival is one write.
+    open: AtomicU64,
 }
+
+/// One request whose answer has not ended, in [`Activity::open`].
+const ANSWER: u64 = 1;
+/// One request whose body has not ended, in [`Activity::open`]'s upper half.
+const BODY: u64 = 1 << 32;
 
 /// Why a connection was closed for idleness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expired {
     /// No request arrived in time after the connection opened.
     NoRequest,
-    /// Nothing was read for the idle timeout.
+    /// Nothing was read for the idle timeout, and a request body, or the next request, is due.
     Idle,
 }
 
@@ -55,9 +69,130 @@ impl Activity {
         self.read.store(true, Ordering::Relaxed);
     }
 
-    /// Notes a request that reached the service, which lifts the first-request deadline.
-    pub fn request(&self) {
+    /// Notes a request that reached the service, which lifts the first-request deadline, and
+    /// counts it open: its answer until `answer` is dropped, and its body (unless
+    /// `body_ended`) until the body ends or is dropped. Hand `body` to [`RequestBody`] and
+    /// `answer` to [`Answer`].
+    pub fn request(self: &Arc<Self>, body_ended: bool) -> (Open, Option<Open>) {
         self.requested.store(true, Ordering::Relaxed);
+        let counted = if body_ended { ANSWER } else { ANSWER + BODY };
+        self.open.fetch_add(counted, Ordering::Relaxed);
+        let answer = Open {
+            activity: self.clone(),
+            counted: ANSWER,
+        };
+        let body = (!body_ended).then(|| Open {
+            activity: self.clone(),
+            counted: BODY,
+        });
+        (answer, body)
+    }
+
+    /// Whether requests are open and every one of them has been read to its end: the
+    /// connection waits for the service, not for its client.
+    fn awaits_answers_only(&self) -> bool {
+        let open = self.open.load(Ordering::Relaxed);
+        open != 0 && open < BODY
+    }
+}
+
+/// A part of a request (its answer or its body) counted open in its connection's [`Activity`]
+/// until dropped.
+#[derive(Debug)]
+pub struct Open {
+    activity: Arc<Activity>,
+    counted: u64,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.activity
+            .open
+            .fetch_sub(self.counted, Ordering::Relaxed);
+        // Quiet from now on, not from the last sweep that found the connection waiting.
+        self.activity.touch();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body counted open until it ends or is dropped.
+    #[derive(Debug)]
+    pub struct RequestBody<B> {
+        #[pin]
+        body: B,
+        open: Option<Open>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// `body`, counted by `open` (see [`Activity::request`]).
+    pub fn new(body: B, open: Option<Open>) -> Self {
+        Self { body, open }
+    }
+}
+
+impl<B: Body> Body for RequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
+        // An error ends the body too: hyper reads nothing more of it.
+        let ended = matches!(polled, Poll::Ready(None | Some(Err(_))));
+        if this.open.is_some() && (ended || this.body.is_end_stream()) {
+            *this.open = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, whose request is counted open until hyper drops it (at its end, or when
+    /// the client resets the stream).
+    #[derive(Debug)]
+    pub struct Answer<B> {
+        #[pin]
+        body: B,
+        open: Open,
+    }
+}
+
+impl<B> Answer<B> {
+    /// `body`, whose request `open` counts (see [`Activity::request`]).
+    pub fn new(body: B, open: Open) -> Self {
+        Self { body, open }
+    }
+}
+
+impl<B: Body> Body for Answer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -79,8 +214,9 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Closes connections on which nothing was read for `idle`, and those that sent no request
-    /// within `first_request` (if given) of opening.
+    /// Closes connections on which nothing was read for `idle` (unless every open request
+    /// awaits only its answer), and those that sent no request within `first_request` (if given)
+    /// of opening.
     pub fn new(idle: Duration, first_request: Option<Duration>) -> Self {
         Self {
             tasks: JoinSet::new(),
@@ -137,7 +273,7 @@ struct Watched {
     connection: AbortHandle,
     peer: SocketAddr,
     opened: Instant,
-    /// The sweep that last found a read, or the opening.
+    /// The sweep that last found a read or only answers awaited, or the opening.
     quiet_since: Instant,
 }
 
@@ -195,14 +331,16 @@ impl Watchdog {
 }
 
 impl Watched {
-    /// Why the connection should close at `now`, if it should; notes a read since the last sweep.
+    /// Why the connection should close at `now`, if it should; notes a read since the last
+    /// sweep, or requests that await only their answers.
     fn expired(
         &mut self,
         now: Instant,
         idle: Duration,
         first_request: Option<Duration>,
     ) -> Option<Expired> {
-        if self.activity.read.swap(false, Ordering::Relaxed) {
+        if self.activity.read.swap(false, Ordering::Relaxed) || self.activity.awaits_answers_only()
+        {
             self.quiet_since = now;
         }
         let requested = self.activity.requested.load(Ordering::Relaxed);
@@ -281,6 +419,7 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     const IDLE: Duration = Duration::from_secs(60);
     const FIRST_REQUEST: Duration = Duration::from_secs(10);
@@ -300,11 +439,17 @@ mod tests {
     }
 
     /// How long `connections` take to close every connection (time is paused: no real waiting).
+    /// Fails if one is still open after an hour.
     async fn all_closed_after(connections: &mut Connections) -> Duration {
         let start = Instant::now();
-        while !connections.is_empty() {
-            connections.tend().await;
-        }
+        let all_closed = async {
+            while !connections.is_empty() {
+                connections.tend().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3600), all_closed)
+            .await
+            .expect("every connection is closed within an hour");
         start.elapsed()
     }
 
@@ -348,7 +493,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_first_request_lifts_the_first_request_deadline_but_not_the_idle_one() {
         let mut connections = Connections::new(IDLE, Some(FIRST_REQUEST));
-        open(&mut connections).request();
+        drop(open(&mut connections).request(true));
         let lifetime = all_closed_after(&mut connections).await;
         assert_closed_after(lifetime, IDLE, FIRST_REQUEST);
     }
@@ -372,12 +517,66 @@ mod tests {
         assert_eq!(at(9), None);
         assert_eq!(at(10), Some(Expired::NoRequest));
         assert_eq!(at(60), Some(Expired::NoRequest));
-        activity.request();
-        assert_eq!(at(59), None);
-        assert_eq!(at(60), Some(Expired::Idle));
+        drop(activity.request(true));
+        assert_eq!(at(59), None, "the answer's end restarted the idle period");
+        assert_eq!(at(118), None);
+        assert_eq!(at(119), Some(Expired::Idle));
         activity.touch();
-        assert_eq!(at(61), None, "the read restarted the idle period");
-        assert_eq!(at(121), Some(Expired::Idle));
+        assert_eq!(at(120), None, "the read restarted the idle period");
+        assert_eq!(at(180), Some(Expired::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_awaiting_only_their_answers_hold_the_connection_until_they_end() {
+        let mut connections = Connections::new(IDLE, Some(FIRST_REQUEST));
+        let activity = open(&mut connections);
+        let (answer, body) = activity.request(false);
+        let mut body = RequestBody::new(http_body_util::Full::new(bytes::Bytes::from("32")), body);
+        // The body read to its end, as a health `Watch`'s is before its answer starts.
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+        let (later_answer, no_body) = activity.request(true);
+        assert!(
+            no_body.is_none(),
+            "a request that came with its end has no body to wait for"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE * 3).await;
+            drop(later_answer);
+            tokio::time::sleep(IDLE).await;
+            drop(answer);
+        });
+        let lifetime = all_closed_after(&mut connections).await;
+        // Quiet from the last answer's end, at four idle periods.
+        assert_closed_after(lifetime, IDLE * 5, FIRST_REQUEST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_not_ended_leaves_the_idle_timeout_in_force() {
+        let mut connections = Connections::new(IDLE, None);
+        let activity = open(&mut connections);
+        let (answer, body) = activity.request(false);
+        let body = RequestBody::new(http_body_util::Empty::<bytes::Bytes>::new(), body);
+        // A second request awaiting its answer does not shelter the stalled one.
+        let (other, _) = activity.request(true);
+        let lifetime = all_closed_after(&mut connections).await;
+        assert_closed_after(lifetime, IDLE, IDLE);
+        drop((answer, body, other));
+    }
+
+    #[test]
+    fn each_part_of_a_request_counts_until_it_ends_or_is_dropped() {
+        let activity = Activity::new();
+        let (answer, body) = activity.request(false);
+        assert!(!activity.awaits_answers_only(), "its body is due");
+        let body = RequestBody::new(http_body_util::Empty::<bytes::Bytes>::new(), body);
+        drop(body);
+        assert!(activity.awaits_answers_only());
+        let answer = Answer::new(http_body_util::Empty::<bytes::Bytes>::new(), answer);
+        drop(answer);
+        assert!(!activity.awaits_answers_only(), "nothing is open");
+        assert_eq!(activity.open.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,18 +32,20 @@ pub struct Limits {
     /// `WORKER_CONCURRENCY`.
     #[arg(long, env = "LISTEN_MAX_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
-    /// How often an HTTP/2 connection that sent nothing is PINGed, to find peers that are gone
-    /// (a replica's host that died sends no FIN). 20 s is well under the idle timeout, so that a
-    /// live client's answers keep its connection open.
+    /// How long a connection may receive nothing before the kernel sends TCP keepalive probes,
+    /// to find peers that are gone (a replica's host that died sends no FIN); whole seconds,
+    /// rounded up. The kernel answers probes by itself, so they cost the process nothing.
     #[arg(long, env = "LISTEN_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = crate::config::parse_interval)]
     pub keepalive_interval: Duration,
-    /// How long the answer to a keepalive PING may take before the connection is closed.
+    /// How long probes, or data sent, may go unanswered before the connection is closed (with
+    /// the interval, the connection's TCP_USER_TIMEOUT; see `crate::server::accept`).
     #[arg(long, env = "LISTEN_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = crate::config::parse_interval)]
     pub keepalive_timeout: Duration,
-    /// A connection on which nothing was read for this long is closed, even with a request in
-    /// flight: a client that stops half-way through a request body holds nothing longer. An
-    /// HTTP/2 client that answers keepalive PINGs is never idle (a gRPC health Watch may stay open
-    /// for hours). A minute is far longer than any answer of the mesh takes.
+    /// A connection on which nothing was read for this long is closed, unless every request open
+    /// on it has been read to its end and awaits only its answer (a gRPC health Watch may stay
+    /// quiet for hours): a client that stops half-way through a request body holds nothing
+    /// longer, nor does a connection with no request open. A minute is far longer than a client
+    /// takes to send a request.
     #[arg(long, env = "LISTEN_IDLE_TIMEOUT", default_value = "60s", value_parser = crate::config::parse_interval)]
     pub idle_timeout: Duration,
     /// Connections open at once on this listener; beyond it a new connection is closed as soon as

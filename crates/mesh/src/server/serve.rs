@@ -12,6 +12,7 @@ use std::io;
 use std::sync::Arc;
 
 use futures::TryFutureExt;
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -22,7 +23,7 @@ use tower::ServiceExt;
 use crate::answer::Answers;
 use crate::headers::is_grpc;
 use crate::server::accept::{Accepted, Acceptor};
-use crate::server::idle::{Activity, Connections, Tracked};
+use crate::server::idle::{Activity, Answer, Connections, RequestBody, Tracked};
 use crate::server::limits::Limits;
 use crate::server::shutdown::{DRAIN_DEADLINE, OpenConnection, Shutdown};
 use crate::server::timer::LazyTimer;
@@ -41,7 +42,7 @@ pub async fn serve<S, B>(
     shutdown: Shutdown,
 ) -> io::Result<()>
 where
-    S: Answers<Incoming, Body = B>,
+    S: Answers<RequestBody<Incoming>, Body = B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -103,8 +104,9 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(LazyTimer)
         .max_header_list_size(limits.max_header_bytes)
         .max_concurrent_streams(limits.max_streams)
-        .keep_alive_interval(limits.keepalive_interval)
-        .keep_alive_timeout(limits.keepalive_timeout)
+        // No keepalive PINGs: the kernel finds peers that are gone (see `crate::server::accept`),
+        // and hyper's PING bookkeeping would take a lock at every frame received.
+        .keep_alive_interval(None)
         // gRPC answers carry no `date`: gRPC's protocol has no use for it and grpc-go sends none,
         // and hyper's costs each call a clock reading, a header and an HPACK entry that changes
         // every second (docs/BENCHMARKS.md, "Clock readings"). HTTP/2 answers that are not gRPC
@@ -142,7 +144,7 @@ struct Connection<S> {
 
 impl<S, B> Connection<S>
 where
-    S: Answers<Incoming, Body = B>,
+    S: Answers<RequestBody<Incoming>, Body = B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -150,19 +152,16 @@ where
     /// requests in `activity`; its watchdog aborts it when it expires.
     async fn serve(self, accepted: Accepted, activity: Arc<Activity>) {
         let Accepted { stream, peer, slot } = accepted;
-        // Small unary RPCs: Nagle's algorithm would hold each response back for the peer's ACK.
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(%err, "could not set TCP_NODELAY");
-        }
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let app = self.app;
-        let requests = activity;
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            requests.request();
+            let (answer, body) = activity.request(request.body().is_end_stream());
             let date = needs_date(&request);
-            app.clone()
-                .oneshot(request)
-                .map_ok(move |response| if date { dated(response) } else { response })
+            let request = request.map(|incoming| RequestBody::new(incoming, body));
+            app.clone().oneshot(request).map_ok(move |response| {
+                let response = response.map(|body| Answer::new(body, answer));
+                if date { dated(response) } else { response }
+            })
         });
         let connection = self
             .watcher

@@ -1,18 +1,18 @@
 //! hyper's timer, with a reset that costs a comparison when the deadline moves later.
 //!
 //! hyper arms its HTTP/1 header-read timeout again for every request head on a keep-alive
-//! connection, and its HTTP/2 keepalive again whenever data arrives. With hyper-util's
-//! `TokioTimer` each of those resets moves an entry in Tokio's timer wheel, under the wheel's
-//! lock, although the timer almost never fires: the head arrives long before its deadline. Here a
-//! reset to a later deadline only records it; the armed sleep stays where it is, and when it
-//! fires early it is armed once more for the recorded deadline. A connection that keeps sending
-//! requests costs one wheel entry per header-read timeout (seconds), not one per request.
+//! connection. With hyper-util's `TokioTimer` each of those resets moves an entry in Tokio's
+//! timer wheel, under the wheel's lock, although the timer almost never fires: the head arrives
+//! long before its deadline. Here a reset to a later deadline only records it; the armed sleep
+//! stays where it is, and when it fires early it is armed once more for the recorded deadline. A
+//! connection that keeps sending requests costs one wheel entry per header-read timeout
+//! (seconds), not one per request.
 //!
-//! hyper also asks the timer for the time whenever an HTTP/2 connection receives a frame (to know
-//! when it was last heard from, for keepalive) and at each wake-up of the connection: four times
-//! per unary call. hyper uses those readings only for deadlines of seconds, so the timer reads
-//! the kernel's coarse clock, which its vDSO keeps at the last tick (1-10 ms): a few loads where
-//! the precise clock reads the TSC and converts it, a third of the cost (docs/BENCHMARKS.md).
+//! hyper also asks the timer for the time to set that deadline, once per request head (and, with
+//! HTTP/2 keepalive on, which the mesh leaves off, at every frame received). hyper uses those
+//! readings only for deadlines of seconds, so the timer reads the kernel's coarse clock, which
+//! its vDSO keeps at the last tick (1-10 ms): a few loads where the precise clock reads the TSC
+//! and converts it, a third of the cost (docs/BENCHMARKS.md).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -165,15 +165,38 @@ async fn a_request_body_that_stops_half_way_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn a_health_watch_whose_client_answers_pings_outlives_the_idle_timeout() {
+async fn an_http2_request_body_that_stops_half_way_is_closed_after_the_idle_timeout() {
+    let (addr, _, _) = start(idle_timeout()).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    // A body that sends nothing and never ends, on a client that sends no PINGs.
+    let never = http_body_util::StreamBody::new(futures::stream::pending::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >());
+    let request = http::Request::post(format!("http://{addr}/echo"))
+        .body(never)
+        .unwrap();
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(3), client.request(request)).await;
+    let closed = started.elapsed();
+    assert!(
+        matches!(answer, Ok(Err(_))),
+        "the server closes the connection"
+    );
+    assert!(closed >= LIMIT - Duration::from_millis(50), "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_quiet_health_watch_outlives_the_idle_timeout() {
     let idle = Duration::from_millis(300);
     let (addr, health, _) = start(Limits {
         idle_timeout: idle,
-        keepalive_interval: Duration::from_millis(50),
-        keepalive_timeout: Duration::from_secs(1),
         ..Limits::default()
     })
     .await;
+    // A client that sends no PINGs, as grpcurl by default: the connection carries nothing while
+    // the status holds.
     let mut client = HealthClient::new(channel(addr).await);
     let mut watch = client
         .watch(HealthCheckRequest::default())
@@ -183,7 +206,7 @@ async fn a_health_watch_whose_client_answers_pings_outlives_the_idle_timeout() {
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.status, SERVING);
 
-    // Nothing is sent on the stream for four idle periods; only the PINGs and their answers.
+    // Nothing is sent either way for four idle periods.
     tokio::time::sleep(idle * 4).await;
     health.set_all(ServingStatus::NotServing).await;
     let next = tokio::time::timeout(Duration::from_secs(2), watch.message())
