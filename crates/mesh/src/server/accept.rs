@@ -116,8 +116,9 @@ impl Acceptor {
 /// and the timeout together, closes the connection once nothing has come back for that long,
 /// whether probes or data sent went unanswered (Linux; elsewhere the probes' count decides).
 /// The kernel answers probes without waking the process, so checking costs no work per request,
-/// unlike HTTP/2 PINGs, whose bookkeeping hyper does at every frame received (docs/BENCHMARKS.md,
-/// "Keepalive"). TCP counts the keepalive times in whole seconds, so they round up to one.
+/// unlike HTTP/2 PINGs, whose bookkeeping hyper does at every frame received
+/// (docs/BENCHMARKS.md, "TCP keepalive in place of PINGs"). TCP counts the keepalive times in
+/// whole seconds, so they round up to one.
 #[derive(Debug, Clone)]
 struct PeerCheck {
     keepalive: TcpKeepalive,
@@ -152,10 +153,11 @@ impl PeerCheck {
     }
 }
 
-/// `duration` rounded up to whole seconds, at least one.
+/// `duration` rounded up to whole seconds, from one to the 32,767 that Linux accepts (nine hours;
+/// a longer keepalive time would fail to set, leaving none).
 fn whole_seconds(duration: Duration) -> Duration {
     let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
-    Duration::from_secs(seconds.max(1))
+    Duration::from_secs(seconds.clamp(1, 32_767))
 }
 
 /// Pauses after consecutive accept errors: 50 ms, doubling up to 1 s, back to 50 ms after a
@@ -368,5 +370,6 @@ mod tests {
             [1, 1, 2, 20]
         );
         assert_eq!(whole_seconds(Duration::ZERO).as_secs(), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(86_400)).as_secs(), 32_767);
     }
 }
