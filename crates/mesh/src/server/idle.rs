@@ -71,8 +71,8 @@ impl Activity {
 
     /// Notes a request that reached the service, which lifts the first-request deadline, and
     /// counts it open: its answer until `answer` is dropped, and its body (unless
-    /// `body_ended`) until the body ends or is dropped. Hand `body` to [`RequestBody`] and
-    /// `answer` to [`Answer`].
+    /// `body_ended`) until the body ends or is dropped. Hand each to the [`Counted`] body it
+    /// counts.
     pub fn request(self: &Arc<Self>, body_ended: bool) -> (Open, Option<Open>) {
         self.requested.store(true, Ordering::Relaxed);
         let counted = if body_ended { ANSWER } else { ANSWER + BODY };
@@ -115,23 +115,25 @@ impl Drop for Open {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body counted open until it ends or is dropped.
+    /// A request's body, or its answer's, counted open in its connection's [`Activity`] until it
+    /// ends or is dropped (hyper drops an answer at its end, or when the client resets the
+    /// stream).
     #[derive(Debug)]
-    pub struct RequestBody<B> {
+    pub struct Counted<B> {
         #[pin]
         body: B,
         open: Option<Open>,
     }
 }
 
-impl<B> RequestBody<B> {
+impl<B> Counted<B> {
     /// `body`, counted by `open` (see [`Activity::request`]).
     pub fn new(body: B, open: Option<Open>) -> Self {
         Self { body, open }
     }
 }
 
-impl<B: Body> Body for RequestBody<B> {
+impl<B: Body> Body for Counted<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -141,50 +143,12 @@ impl<B: Body> Body for RequestBody<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
         let polled = this.body.as_mut().poll_frame(cx);
-        // An error ends the body too: hyper reads nothing more of it.
+        // An error ends the body too: hyper reads or sends nothing more of it.
         let ended = matches!(polled, Poll::Ready(None | Some(Err(_))));
         if this.open.is_some() && (ended || this.body.is_end_stream()) {
             *this.open = None;
         }
         polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An answer's body, whose request is counted open until hyper drops it (at its end, or when
-    /// the client resets the stream).
-    #[derive(Debug)]
-    pub struct Answer<B> {
-        #[pin]
-        body: B,
-        open: Open,
-    }
-}
-
-impl<B> Answer<B> {
-    /// `body`, whose request `open` counts (see [`Activity::request`]).
-    pub fn new(body: B, open: Open) -> Self {
-        Self { body, open }
-    }
-}
-
-impl<B: Body> Body for Answer<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -531,7 +495,7 @@ mod tests {
         let mut connections = Connections::new(IDLE, Some(FIRST_REQUEST));
         let activity = open(&mut connections);
         let (answer, body) = activity.request(false);
-        let mut body = RequestBody::new(http_body_util::Full::new(bytes::Bytes::from("32")), body);
+        let mut body = Counted::new(http_body_util::Full::new(bytes::Bytes::from("32")), body);
         // The body read to its end, as a health `Watch`'s is before its answer starts.
         while let Some(frame) = body.frame().await {
             frame.unwrap();
@@ -557,7 +521,7 @@ mod tests {
         let mut connections = Connections::new(IDLE, None);
         let activity = open(&mut connections);
         let (answer, body) = activity.request(false);
-        let body = RequestBody::new(http_body_util::Empty::<bytes::Bytes>::new(), body);
+        let body = Counted::new(http_body_util::Empty::<bytes::Bytes>::new(), body);
         // A second request awaiting its answer does not shelter the stalled one.
         let (other, _) = activity.request(true);
         let lifetime = all_closed_after(&mut connections).await;
@@ -570,10 +534,10 @@ mod tests {
         let activity = Activity::new();
         let (answer, body) = activity.request(false);
         assert!(!activity.awaits_answers_only(), "its body is due");
-        let body = RequestBody::new(http_body_util::Empty::<bytes::Bytes>::new(), body);
+        let body = Counted::new(http_body_util::Empty::<bytes::Bytes>::new(), body);
         drop(body);
         assert!(activity.awaits_answers_only());
-        let answer = Answer::new(http_body_util::Empty::<bytes::Bytes>::new(), answer);
+        let answer = Counted::new(http_body_util::Empty::<bytes::Bytes>::new(), Some(answer));
         drop(answer);
         assert!(!activity.awaits_answers_only(), "nothing is open");
         assert_eq!(activity.open.load(Ordering::Relaxed), 0);

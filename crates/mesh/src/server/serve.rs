@@ -23,7 +23,7 @@ use tower::ServiceExt;
 use crate::answer::Answers;
 use crate::headers::is_grpc;
 use crate::server::accept::{Accepted, Acceptor};
-use crate::server::idle::{Activity, Answer, Connections, RequestBody, Tracked};
+use crate::server::idle::{Activity, Connections, Counted, Tracked};
 use crate::server::limits::Limits;
 use crate::server::shutdown::{DRAIN_DEADLINE, OpenConnection, Shutdown};
 use crate::server::timer::LazyTimer;
@@ -42,7 +42,7 @@ pub async fn serve<S, B>(
     shutdown: Shutdown,
 ) -> io::Result<()>
 where
-    S: Answers<RequestBody<Incoming>, Body = B>,
+    S: Answers<Counted<Incoming>, Body = B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -144,7 +144,7 @@ struct Connection<S> {
 
 impl<S, B> Connection<S>
 where
-    S: Answers<RequestBody<Incoming>, Body = B>,
+    S: Answers<Counted<Incoming>, Body = B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -157,9 +157,9 @@ where
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let (answer, body) = activity.request(request.body().is_end_stream());
             let date = needs_date(&request);
-            let request = request.map(|incoming| RequestBody::new(incoming, body));
+            let request = request.map(|incoming| Counted::new(incoming, body));
             app.clone().oneshot(request).map_ok(move |response| {
-                let response = response.map(|body| Answer::new(body, answer));
+                let response = response.map(|body| Counted::new(body, Some(answer)));
                 if date { dated(response) } else { response }
             })
         });
