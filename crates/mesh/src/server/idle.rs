@@ -70,9 +70,8 @@ impl Activity {
     }
 
     /// Notes a request that reached the service, which lifts the first-request deadline, and
-    /// counts it open: its answer until `answer` is dropped, and its body (unless
-    /// `body_ended`) until the body ends or is dropped. Hand each to the [`Counted`] body it
-    /// counts.
+    /// counts it open: its answer, and its body unless `body_ended`, each until it ends or its
+    /// handle is dropped. Hand each handle to the [`Counted`] body it counts.
     pub fn request(self: &Arc<Self>, body_ended: bool) -> (Open, Option<Open>) {
         self.requested.store(true, Ordering::Relaxed);
         let counted = if body_ended { ANSWER } else { ANSWER + BODY };
