@@ -10,8 +10,8 @@
 //! truth about the process.
 
 use std::convert::Infallible;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -78,9 +78,22 @@ pub struct Setting {
 /// The shared, changeable fault of one server. As a layer, it applies the fault to each request
 /// of the service (a gRPC service, or a shim's routes) it is put in front of; a server puts it in
 /// front of nothing else, so that health, reflection and metrics are exempt.
-#[derive(Clone, Debug, Default)]
+///
+/// A server makes one as it starts and keeps it until it exits, so its state lives as long as the
+/// process: leaked, so that the clone of the layer axum makes for every request is a copy, not a
+/// shared count taken and given back (a measurable part of a call; docs/BENCHMARKS.md).
+#[derive(Clone, Debug)]
 pub struct Fault {
-    shared: Arc<Shared>,
+    shared: &'static Shared,
+}
+
+impl Default for Fault {
+    /// No fault.
+    fn default() -> Self {
+        Self {
+            shared: Box::leak(Box::default()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]

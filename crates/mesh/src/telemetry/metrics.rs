@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -92,9 +92,15 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
 /// `route_layer` calls [`Layer::layer`] once per route, so each route's service keeps the handles
 /// of its own series. A tower layer rather than `axum::middleware::from_fn`, which clones the
 /// inner router and boxes a large future per request.
+///
+/// A server builds its layer once, as it starts, and serves with it until it exits, so the series
+/// live as long as the process: the layer leaks them (a few hundred bytes per method and route),
+/// and a request and a route's service refer to them without a reference count. axum clones a
+/// route's service for every request, and on this path each shared count taken and given back
+/// was a measurable part of a call (docs/BENCHMARKS.md).
 #[derive(Clone, Debug)]
 pub struct RecordLayer {
-    known: Arc<Known>,
+    known: &'static Known,
 }
 
 impl Default for RecordLayer {
@@ -112,15 +118,15 @@ impl RecordLayer {
             .into_iter()
             .map(|method| {
                 let method: Box<str> = Into::<String>::into(method).into();
-                let series = Arc::new(Series::new(Protocol::Grpc, &method));
+                let series = kept(Series::new(Protocol::Grpc, &method));
                 (method, series)
             })
             .collect();
         Self {
-            known: Arc::new(Known {
+            known: kept(Known {
                 methods,
-                unmatched_grpc: Arc::new(Series::new(Protocol::Grpc, UNMATCHED)),
-                unmatched_http: Arc::new(Series::new(Protocol::Http, UNMATCHED)),
+                unmatched_grpc: kept(Series::new(Protocol::Grpc, UNMATCHED)),
+                unmatched_http: kept(Series::new(Protocol::Http, UNMATCHED)),
             }),
         }
     }
@@ -132,12 +138,17 @@ impl<S> Layer<S> for RecordLayer {
     fn layer(&self, inner: S) -> Record<S> {
         Record {
             inner,
-            series: Arc::new(Routes {
-                known: self.known.clone(),
+            series: kept(Routes {
+                known: self.known,
                 route: OnceLock::new(),
             }),
         }
     }
+}
+
+/// Keeps `value` for the rest of the process (see [`RecordLayer`]).
+fn kept<T>(value: T) -> &'static T {
+    Box::leak(Box::new(value))
 }
 
 /// The series one layer knows before any request: one per gRPC method, and the `unmatched` ones.
@@ -146,9 +157,9 @@ impl<S> Layer<S> for RecordLayer {
 struct Known {
     /// A handful (a service's methods, health's and reflection's): a scan compares fewer bytes
     /// than hashing the path would read.
-    methods: Box<[(Box<str>, Arc<Series>)]>,
-    unmatched_grpc: Arc<Series>,
-    unmatched_http: Arc<Series>,
+    methods: Box<[(Box<str>, &'static Series)]>,
+    unmatched_grpc: &'static Series,
+    unmatched_http: &'static Series,
 }
 
 /// The route label of every request that has no series of its own.
@@ -162,16 +173,16 @@ const GRPC_SERVICE_ROUTE: &str = "/{*rest}";
 pub struct Record<S> {
     inner: S,
     /// One reference, not two: axum clones a route's service for each request.
-    series: Arc<Routes>,
+    series: &'static Routes,
 }
 
 /// The series one [`Record`] may record to.
 #[derive(Debug)]
 struct Routes {
-    known: Arc<Known>,
+    known: &'static Known,
     /// The series of the HTTP route this service serves, set by its first request (the route's
     /// template is known only from a request's `MatchedPath`).
-    route: OnceLock<Arc<Series>>,
+    route: OnceLock<&'static Series>,
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Record<S> {
@@ -180,9 +191,9 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Record<S> {
 
 impl<S> Record<S> {
     /// The series of a request: its gRPC method's, its HTTP route's, or an `unmatched` one.
-    fn series<B>(&self, request: &Request<B>) -> Arc<Series> {
+    fn series<B>(&self, request: &Request<B>) -> SeriesOf {
         let Some(matched) = request.extensions().get::<MatchedPath>() else {
-            return self.series.known.unmatched_http.clone();
+            return SeriesOf::Kept(self.series.known.unmatched_http);
         };
         let matched = matched.as_str();
         // A gRPC service's route matches the whole service; the method is the path.
@@ -190,20 +201,18 @@ impl<S> Record<S> {
             let path = request.uri().path();
             let known = &self.series.known;
             let series = known.methods.iter().find(|(method, _)| **method == *path);
-            return series
-                .map_or(&known.unmatched_grpc, |(_, series)| series)
-                .clone();
+            return SeriesOf::Kept(series.map_or(known.unmatched_grpc, |(_, series)| series));
         }
         let series = self
             .series
             .route
-            .get_or_init(|| Arc::new(Series::new(Protocol::Http, matched)));
+            .get_or_init(|| kept(Series::new(Protocol::Http, matched)));
         if &*series.route == matched {
-            series.clone()
+            SeriesOf::Kept(series)
         } else {
             // The layer wraps several routes (`Router::layer`, not `route_layer`): still one
             // series per template, with handles registered per request.
-            Arc::new(Series::new(Protocol::Http, matched))
+            SeriesOf::Own(Box::new(Series::new(Protocol::Http, matched)))
         }
     }
 }
@@ -347,10 +356,27 @@ const UNAUTHENTICATED: u16 = 16;
 /// What a gRPC answer that ended without a `grpc-status` counts as: UNKNOWN, as clients see it.
 const NO_STATUS: u16 = UNKNOWN;
 
+/// The series a request records to: one its layer keeps, or one made for it alone.
+enum SeriesOf {
+    Kept(&'static Series),
+    Own(Box<Series>),
+}
+
+impl std::ops::Deref for SeriesOf {
+    type Target = Series;
+
+    fn deref(&self) -> &Series {
+        match self {
+            SeriesOf::Kept(series) => series,
+            SeriesOf::Own(series) => series,
+        }
+    }
+}
+
 /// A request on its way: its series, when it started, and its outcome once known (an HTTP status,
 /// or a gRPC status code from the headers of a trailers-only answer or from the trailers).
 struct Pending {
-    series: Arc<Series>,
+    series: SeriesOf,
     /// quanta reads the TSC itself, where `std::time::Instant` goes through the C library and
     /// the vDSO for the same reading: a quarter less per reading (docs/BENCHMARKS.md), on the
     /// clock the exporter already reads for each sample.
