@@ -9,9 +9,8 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Layer as _;
-use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::headers::{SERVED_BY, is_grpc};
+use crate::headers::is_grpc;
 use crate::telemetry::metrics::RecordLayer;
 
 /// The services every gRPC server of the mesh serves beside its own.
@@ -234,17 +233,6 @@ pub async fn fallback(request: axum::extract::Request) -> axum::response::Respon
         .into_response()
 }
 
-/// `x-served-by`'s value: this host's name, read once. Every answer clones it, and a clone of a
-/// static value copies a pointer where one of a value built at run time counts a reference.
-fn served_by() -> http::HeaderValue {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let name = NAME.get_or_init(crate::hostname);
-    match http::HeaderValue::from_str(name) {
-        Ok(_) => http::HeaderValue::from_static(name),
-        Err(_) => http::HeaderValue::from_static("unknown"),
-    }
-}
-
 /// The settings [`serve_until`] needs besides the service's own.
 pub struct Serving<'a> {
     /// The admin listener's address (`/metrics`, `/healthz`, `/readyz`, the fault switch).
@@ -272,12 +260,6 @@ where
     let (fault, switch) = injection.start(delay, error_rate);
     let (health, app) = app(fault).await;
     let app = tower::ServiceBuilder::new()
-        // Every answer, gRPC (as response metadata) or HTTP, says which replica gave it, so that
-        // clients and people can see the load spread.
-        .layer(SetResponseHeaderLayer::overriding(
-            http::HeaderName::from_static(SERVED_BY),
-            served_by(),
-        ))
         // A span per request, with the caller's trace id (see `crate::telemetry::trace`), when
         // spans are on (export, or `RUST_LOG` at debug for them); otherwise no layer at all.
         .option_layer(crate::telemetry::trace::spans_enabled().then(|| {

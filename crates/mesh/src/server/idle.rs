@@ -115,8 +115,8 @@ impl Drop for Open {
 
 pin_project_lite::pin_project! {
     /// A request's body, or its answer's, counted open in its connection's [`Activity`] until it
-    /// ends or is dropped (hyper drops an answer at its end, or when the client resets the
-    /// stream).
+    /// is read to its end or is dropped (hyper drops an answer at its end, or when the client
+    /// resets the stream).
     #[derive(Debug)]
     pub struct Counted<B> {
         #[pin]
@@ -140,11 +140,13 @@ impl<B: Body> Body for Counted<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let mut this = self.project();
-        let polled = this.body.as_mut().poll_frame(cx);
-        // An error ends the body too: hyper reads or sends nothing more of it.
-        let ended = matches!(polled, Poll::Ready(None | Some(Err(_))));
-        if this.open.is_some() && (ended || this.body.is_end_stream()) {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        // An error ends the body too: hyper reads or sends nothing more of it. The end is the
+        // `None` that follows the last frame, not `is_end_stream` after each frame, which takes
+        // an HTTP/2 connection's lock on every call; tonic and axum read a body to that `None`
+        // or drop it.
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             *this.open = None;
         }
         polled

@@ -7,6 +7,12 @@
 //! axum's own `serve` gives hyper no timer, so it could set no timeout; this one sets every limit
 //! of [`Limits`] (see `crate::server::limits`), closes idle connections (see `crate::server::idle`)
 //! and caps the open connections (see `crate::server::accept`).
+//!
+//! Every answer, gRPC (as response metadata) or HTTP, on a service port, an admin port or the
+//! dashboard's, says which replica gave it (`x-served-by`, the host's name), so that clients and
+//! people can see the load spread. The listener puts it on, as it puts on `date`, rather than a
+//! tower-http layer: a layer is one more service cloned and one more future for every request,
+//! a measurable part of a gRPC call (docs/BENCHMARKS.md).
 
 use std::io;
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::answer::Answers;
-use crate::headers::is_grpc;
+use crate::headers::{SERVED_BY, is_grpc};
 use crate::server::accept::{Accepted, Acceptor};
 use crate::server::idle::{Activity, Connections, Counted, Tracked};
 use crate::server::limits::Limits;
@@ -49,6 +55,7 @@ where
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     let builder = Arc::new(builder(limits));
+    let served_by = served_by();
     let mut acceptor = Acceptor::new(listener, limits);
     let graceful = GracefulShutdown::new();
     // Owned here, so that connections still open at the drain deadline are dropped with it.
@@ -64,6 +71,7 @@ where
         let connection = Connection {
             builder: builder.clone(),
             app: app.clone(),
+            served_by: served_by.clone(),
             watcher: graceful.watcher(),
             open: shutdown.connection(),
         };
@@ -121,6 +129,24 @@ fn needs_date<B>(request: &http::Request<B>) -> bool {
     request.version() == http::Version::HTTP_2 && !is_grpc(request.headers())
 }
 
+/// `x-served-by`'s value: this host's name, read once. Every answer clones it, and a clone of a
+/// static value copies a pointer where one of a value built at run time counts a reference.
+fn served_by() -> http::HeaderValue {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let name = NAME.get_or_init(crate::hostname);
+    match http::HeaderValue::from_str(name) {
+        Ok(_) => http::HeaderValue::from_static(name),
+        Err(_) => http::HeaderValue::from_static("unknown"),
+    }
+}
+
+/// `response` naming this replica in `x-served-by` (in place of any value the service gave).
+fn signed<B>(mut response: http::Response<B>, served_by: http::HeaderValue) -> http::Response<B> {
+    const NAME: http::HeaderName = http::HeaderName::from_static(SERVED_BY);
+    response.headers_mut().insert(NAME, served_by);
+    response
+}
+
 /// `response` with a `date` (now) unless it has one.
 fn dated<B>(mut response: http::Response<B>) -> http::Response<B> {
     let now = httpdate::fmt_http_date(std::time::SystemTime::now());
@@ -137,6 +163,8 @@ fn dated<B>(mut response: http::Response<B>) -> http::Response<B> {
 struct Connection<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: S,
+    /// This replica's name, for every answer.
+    served_by: http::HeaderValue,
     watcher: Watcher,
     /// Holds the shutdown's grace while the connection is open.
     open: OpenConnection,
@@ -153,13 +181,19 @@ where
     async fn serve(self, accepted: Accepted, activity: Arc<Activity>) {
         let Accepted { stream, peer, slot } = accepted;
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-        let app = self.app;
+        let (app, served_by) = (self.app, self.served_by);
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let (answer, body) = activity.request(request.body().is_end_stream());
+            // A body that can hold no byte has ended. Asked of the size hint, which hyper keeps
+            // with the body, rather than of `is_end_stream`, which takes an HTTP/2 connection's
+            // lock.
+            let ended = request.body().size_hint().exact() == Some(0);
+            let (answer, body) = activity.request(ended);
             let date = needs_date(&request);
             let request = request.map(|incoming| Counted::new(incoming, body));
+            let served_by = served_by.clone();
             app.clone().oneshot(request).map_ok(move |response| {
                 let response = response.map(|body| Counted::new(body, Some(answer)));
+                let response = signed(response, served_by);
                 if date { dated(response) } else { response }
             })
         });

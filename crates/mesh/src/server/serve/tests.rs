@@ -464,3 +464,28 @@ async fn grpc_answers_have_no_date_and_every_other_answer_has_one() {
         "an HTTP/1 answer has a date: {text}"
     );
 }
+
+#[tokio::test]
+async fn every_answer_names_the_replica_that_gave_it() {
+    let (addr, _, _) = start(Limits::default()).await;
+    let name = crate::hostname();
+
+    let mut client = HealthClient::new(channel(addr).await);
+    let answer = client.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(answer.metadata().get(SERVED_BY).unwrap(), name.as_str());
+
+    for (request, status) in [
+        (GET, "200"),
+        (
+            &b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"[..],
+            "405",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let text = response(&mut stream).await.unwrap();
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+        let line = format!("\r\n{SERVED_BY}: {name}\r\n");
+        assert!(text.to_lowercase().contains(&line.to_lowercase()), "{text}");
+    }
+}
