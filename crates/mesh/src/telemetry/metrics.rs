@@ -172,7 +172,7 @@ const GRPC_SERVICE_ROUTE: &str = "/{*rest}";
 #[derive(Clone, Debug)]
 pub struct Record<S> {
     inner: S,
-    /// One reference, not two: axum clones a route's service for each request.
+    /// One pointer, copied when axum clones a route's service for each request.
     series: &'static Routes,
 }
 
